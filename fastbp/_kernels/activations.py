@@ -1,0 +1,149 @@
+"""Element-wise activations and their derivatives, both written in place.
+
+The derivative is always expressed through the layer *output* ``h = g(a)``,
+so the forward pass need not keep pre-activations:
+
+==========  ======================  ==========================
+code        g(a)                    g'(a) written with h
+==========  ======================  ==========================
+IDENTITY    a                       1
+RELU        max(a, 0)               1 if h > 0 else 0
+SIGMOID     1 / (1 + exp(-a))       h (1 - h)
+TANH        tanh(a)                 1 - h**2
+==========  ======================  ==========================
+"""
+
+import numpy as np
+from numba import njit
+
+from .config import JIT
+
+IDENTITY = 0
+RELU = 1
+SIGMOID = 2
+TANH = 3
+
+#: name -> kernel code; "logistic" is scikit-learn's name for the sigmoid.
+ACTIVATION_CODES = {
+    "identity": IDENTITY,
+    "linear": IDENTITY,
+    "relu": RELU,
+    "sigmoid": SIGMOID,
+    "logistic": SIGMOID,
+    "tanh": TANH,
+}
+#: code -> canonical name
+ACTIVATION_NAMES = {IDENTITY: "identity", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh"}
+
+
+@njit(**JIT)
+def bias_activation(a, b, code):
+    """a[i, :] = g(a[i, :] + b) in place, for a C-contiguous (n, d) array a."""
+    n, d = a.shape
+    zero = a.dtype.type(0)
+    one = a.dtype.type(1)
+    for i in range(n):
+        row = a[i]
+        if code == RELU:
+            for j in range(d):
+                v = row[j] + b[j]
+                # `zero if v < zero else v`, not `max`: NaN must stay NaN so a
+                # diverging step is reported (test_relu_keeps_nan).
+                row[j] = zero if v < zero else v
+        elif code == SIGMOID:
+            for j in range(d):
+                v = row[j] + b[j]
+                # exp of a non-positive number never overflows; this form also
+                # keeps full relative precision for very negative v
+                # (test_sigmoid_extremes).
+                e = np.exp(-abs(v))
+                row[j] = one / (one + e) if v >= zero else e / (one + e)
+        elif code == TANH:
+            for j in range(d):
+                row[j] = np.tanh(row[j] + b[j])
+        else:
+            for j in range(d):
+                row[j] = row[j] + b[j]
+
+
+@njit(**JIT)
+def activate(a, code):
+    """a = g(a) in place, for a C-contiguous (n, d) array a (no bias)."""
+    n, d = a.shape
+    zero = a.dtype.type(0)
+    one = a.dtype.type(1)
+    for i in range(n):
+        row = a[i]
+        if code == RELU:
+            for j in range(d):
+                v = row[j]
+                row[j] = zero if v < zero else v
+        elif code == SIGMOID:
+            for j in range(d):
+                v = row[j]
+                e = np.exp(-abs(v))
+                row[j] = one / (one + e) if v >= zero else e / (one + e)
+        elif code == TANH:
+            for j in range(d):
+                row[j] = np.tanh(row[j])
+
+
+@njit(**JIT)
+def derivative(h, code, out):
+    """out = g'(a) computed from h = g(a); arrays (n, d), C-contiguous."""
+    n, d = h.shape
+    zero = h.dtype.type(0)
+    one = h.dtype.type(1)
+    for i in range(n):
+        hr = h[i]
+        orow = out[i]
+        if code == RELU:
+            for j in range(d):
+                orow[j] = one if hr[j] > zero else zero
+        elif code == SIGMOID:
+            for j in range(d):
+                orow[j] = hr[j] * (one - hr[j])
+        elif code == TANH:
+            for j in range(d):
+                orow[j] = one - hr[j] * hr[j]
+        else:
+            for j in range(d):
+                orow[j] = one
+
+
+@njit(**JIT)
+def delta_and_bias_grad(dh, h, code, da, db):
+    """da = dh * g'(h) and db = da.sum(axis=0), in one pass.
+
+    ``da`` may be the same buffer as ``dh`` (the network reuses it in place).
+    Arrays are (n, d) C-contiguous, db is (d,).
+    """
+    n, d = dh.shape
+    zero = dh.dtype.type(0)
+    one = dh.dtype.type(1)
+    for j in range(d):
+        db[j] = zero
+    for i in range(n):
+        gr = dh[i]
+        hr = h[i]
+        ar = da[i]
+        if code == RELU:
+            for j in range(d):
+                v = gr[j] if hr[j] > zero else zero
+                ar[j] = v
+                db[j] += v
+        elif code == SIGMOID:
+            for j in range(d):
+                v = gr[j] * hr[j] * (one - hr[j])
+                ar[j] = v
+                db[j] += v
+        elif code == TANH:
+            for j in range(d):
+                v = gr[j] * (one - hr[j] * hr[j])
+                ar[j] = v
+                db[j] += v
+        else:
+            for j in range(d):
+                v = gr[j]
+                ar[j] = v
+                db[j] += v

@@ -1,0 +1,214 @@
+"""Whole-network kernels: one compiled call per training step or epoch.
+
+A network is data.  ``widths`` (int64, L + 1) holds the layer widths
+``d_0 .. d_L`` and ``codes`` (int64, L) the activation code of each layer
+(the output layer's is IDENTITY; the loss supplies softmax).  All weights and
+biases live in one flat buffer ``params`` laid out layer by layer as
+``W_0 (d_0 x d_1, row-major), b_0 (d_1), W_1, b_1, ...``; ``grads`` has the
+same layout.  Workspaces (allocated once by the caller, sized for a batch
+capacity ``cap``):
+
+* ``acts``: the outputs ``H_1 .. H_L`` back to back, ``cap * sum(d_1..d_L)``;
+* ``delta_a``, ``delta_b``: two ping-pong buffers of ``cap * max(d_1..d_L)``
+  for the gradients flowing backwards;
+* ``rw``: ``cap`` row weights of the loss.
+
+Nothing here allocates except the reshape views, which are free.
+"""
+
+import numpy as np
+from numba import njit
+
+from .activations import delta_and_bias_grad
+from .config import JIT
+from .dense import dense_forward
+from .losses import (
+    half_squared_error,
+    row_weights,
+    softmax_xent_labels,
+    softmax_xent_targets,
+)
+from .optim import all_finite, apply_update
+
+XENT_LABELS = 0
+XENT_TARGETS = 1
+SQUARED_ERROR = 2
+
+
+@njit(**JIT)
+def view2d(buf, offset, rows, cols):
+    """A (rows, cols) C-contiguous view of the 1-D buffer from ``offset``."""
+    return buf[offset : offset + rows * cols].reshape((rows, cols))
+
+
+@njit(**JIT)
+def forward(params, widths, codes, x, acts):
+    """Run the network on x (m, d_0); returns H_L, a (m, d_L) view of acts."""
+    m = x.shape[0]
+    h = x
+    p_off = 0
+    a_off = 0
+    for k in range(widths.size - 1):
+        d_in = widths[k]
+        d_out = widths[k + 1]
+        W = view2d(params, p_off, d_in, d_out)
+        b = params[p_off + d_in * d_out : p_off + d_in * d_out + d_out]
+        out = view2d(acts, a_off, m, d_out)
+        dense_forward(h, W, b, codes[k], out)
+        h = out
+        p_off += d_in * d_out + d_out
+        a_off += m * d_out
+    return h
+
+
+@njit(**JIT)
+def loss_and_grad(
+    params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
+    acts, delta_a, delta_b, rw,
+):
+    """Forward, loss and backward for the batch x (m, d_0); fills ``grads``.
+
+    ``loss_kind`` picks the targets used: XENT_LABELS reads y_int (m,),
+    XENT_TARGETS and SQUARED_ERROR read y_f (m, d_L).  ``sw`` holds sample
+    weights or is empty for a plain mean.  The L2 term is
+    ``alpha / (2 m) * sum(W**2)`` (scikit-learn's scaling).
+    Returns (loss, n_correct).
+    """
+    m = x.shape[0]
+    L = widths.size - 1
+    out = forward(params, widths, codes, x, acts)
+    d_last = widths[L]
+    row_weights(m, sw, rw)
+    w = rw[:m]
+    dz = view2d(delta_a, 0, m, d_last)
+    correct = 0
+    if loss_kind == XENT_LABELS:
+        loss, correct = softmax_xent_labels(out, y_int, w, dz)
+    elif loss_kind == XENT_TARGETS:
+        loss, correct = softmax_xent_targets(out, y_f, w, dz)
+    else:
+        loss = half_squared_error(out, y_f, w, dz)
+
+    zero = params.dtype.type(0)
+    l2 = zero
+    reg = params.dtype.type(alpha / m)
+    # Walk the layers backwards; offsets of layer k are recomputed from the
+    # end so no offset table has to be passed in.
+    p_end = params.size
+    a_end = 0
+    for k in range(L):
+        a_end += m * widths[k + 1]
+    cur = delta_a
+    other = delta_b
+    for k in range(L - 1, -1, -1):
+        d_in = widths[k]
+        d_out = widths[k + 1]
+        b_off = p_end - d_out
+        w_off = b_off - d_in * d_out
+        a_end -= m * d_out
+        h_out = view2d(acts, a_end, m, d_out)
+        if k > 0:
+            h_in = view2d(acts, a_end - m * d_in, m, d_in)
+        else:
+            h_in = x
+        da = view2d(cur, 0, m, d_out)
+        # da holds dH_k on entry; becomes dA_k (for the output layer the code
+        # is IDENTITY, so this only sums db).
+        delta_and_bias_grad(da, h_out, codes[k], da, grads[b_off:p_end])
+        W = view2d(params, w_off, d_in, d_out)
+        dW = view2d(grads, w_off, d_in, d_out)
+        np.dot(h_in.T, da, dW)
+        if alpha != 0.0:
+            for i in range(w_off, b_off):
+                grads[i] += reg * params[i]
+                l2 += params[i] * params[i]
+        if k > 0:
+            np.dot(da, W.T, view2d(other, 0, m, d_in))
+            cur, other = other, cur
+        p_end = w_off
+    return loss + params.dtype.type(0.5) * reg * l2, correct
+
+
+@njit(**JIT)
+def train_epoch(
+    X, y_int, y_f, sw, perm, batch_size,
+    params, grads, widths, codes, loss_kind, alpha,
+    opt_kind, hp, s1, s2, step,
+    xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
+):
+    """One pass over the rows ``perm`` of X in minibatches of ``batch_size``.
+
+    Each step gathers its rows into the contiguous buffers xb / yb_* / swb,
+    computes loss and gradients, checks them and updates ``params`` in place
+    with the optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far).
+    Returns (status, batch, loss_sum, n_correct, step): status 0 is success;
+    1 means the loss of batch ``batch`` was not finite and 2 that its
+    gradients were not; in both cases that batch's update was not applied.
+    loss_sum is sum over batches of batch_loss * batch_rows (float64).
+    """
+    n = perm.size
+    d0 = widths[0]
+    dl = widths[widths.size - 1]
+    use_w = sw.size > 0
+    loss_sum = 0.0
+    correct = 0
+    nb = (n + batch_size - 1) // batch_size
+    for bi in range(nb):
+        start = bi * batch_size
+        m = min(batch_size, n - start)
+        xv = view2d(xb, 0, m, d0)
+        for r in range(m):
+            src = perm[start + r]
+            xr = xv[r]
+            Xs = X[src]
+            for j in range(d0):
+                xr[j] = Xs[j]
+        yf = view2d(yb_f, 0, 0, dl)
+        if loss_kind == XENT_LABELS:
+            for r in range(m):
+                yb_int[r] = y_int[perm[start + r]]
+        else:
+            yf = view2d(yb_f, 0, m, dl)
+            for r in range(m):
+                ys = y_f[perm[start + r]]
+                yr = yf[r]
+                for j in range(dl):
+                    yr[j] = ys[j]
+        swv = swb[:0]
+        if use_w:
+            swv = swb[:m]
+            for r in range(m):
+                swv[r] = sw[perm[start + r]]
+        loss, c = loss_and_grad(
+            params, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf,
+            swv, acts, delta_a, delta_b, rw,
+        )
+        if not np.isfinite(loss):
+            return 1, bi, loss_sum, correct, step
+        if not all_finite(grads):
+            return 2, bi, loss_sum, correct, step
+        step += 1
+        apply_update(opt_kind, params, grads, s1, s2, hp, step)
+        loss_sum += float(loss) * m
+        correct += c
+    return 0, nb, loss_sum, correct, step
+
+
+@njit(**JIT)
+def train_step(
+    params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
+    opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
+):
+    """One step on a contiguous batch: loss_and_grad then the update.
+    Returns (status, loss, n_correct, step) with status as in train_epoch."""
+    loss, c = loss_and_grad(
+        params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
+        acts, delta_a, delta_b, rw,
+    )
+    if not np.isfinite(loss):
+        return 1, loss, c, step
+    if not all_finite(grads):
+        return 2, loss, c, step
+    step += 1
+    apply_update(opt_kind, params, grads, s1, s2, hp, step)
+    return 0, loss, c, step

@@ -1,0 +1,145 @@
+"""The built-in digits data and loading of user data files."""
+
+import os
+from importlib import resources
+
+import numpy as np
+
+from . import _validation as v
+
+__all__ = ["load_digits", "load_data", "train_test_split"]
+
+
+def load_digits(dtype="float32", scale=True):
+    """The built-in digits data (1797 images of 8x8 pixels, classes 0-9).
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+    scale : bool
+        Divide the 0-16 pixel values by 16 so features lie in [0, 1].
+
+    Returns
+    -------
+    X : ndarray, shape (1797, 64), dtype ``dtype``
+    y : ndarray, shape (1797,), int64
+    """
+    dt = v.resolve_dtype(dtype)
+    with resources.files("fastbp").joinpath("data/digits.npz").open("rb") as fh:
+        with np.load(fh) as f:
+            X, y = f["X"], f["y"]
+    X = X.astype(dt)
+    if scale:
+        X /= dt.type(16)
+    return X, y.astype(np.int64)
+
+
+def train_test_split(X, y, test_size=0.2, seed=0):
+    """Shuffle rows with a seeded generator and split them.
+
+    Returns X_train, X_test, y_train, y_test.
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X and y must have the same number of rows; got {X.shape[0]} "
+                         f"and {y.shape[0]}")
+    test_size = v.as_real(test_size, "test_size", 0.0, 1.0, min_inclusive=False,
+                          max_inclusive=False)
+    n = X.shape[0]
+    n_test = int(round(n * test_size))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"test_size={test_size} leaves no rows on one side of {n} rows")
+    perm = np.random.default_rng(seed).permutation(n)
+    te, tr = perm[:n_test], perm[n_test:]
+    return X[tr], X[te], y[tr], y[te]
+
+
+def _column(header, target, ncols, path):
+    """Index of the target column from a name or an index (default last)."""
+    if target is None:
+        return ncols - 1
+    if header is not None and target in header:
+        return header.index(target)
+    try:
+        idx = int(target)
+    except (TypeError, ValueError):
+        raise ValueError(f"target column {target!r} not found in {path}"
+                         + (f" (columns: {', '.join(header)})" if header else "")) from None
+    if not -ncols <= idx < ncols:
+        raise ValueError(f"target column index {idx} out of range for {ncols} columns in {path}")
+    return idx % ncols
+
+
+def load_data(path, target=None):
+    """Load features and targets from a user's file.
+
+    * ``.npz``: arrays ``X`` and ``y`` (or the array named by ``target`` as y
+      and the only other array as X);
+    * ``.npy``: a 2-D array whose target column is ``target`` (index,
+      default the last);
+    * ``.csv``: comma-separated numbers, an optional header row; the target
+      column is ``target`` (name or index, default the last).
+
+    Returns
+    -------
+    X : ndarray (n, d), float64
+    y : ndarray (n,)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except Exception as exc:
+            raise ValueError(f"cannot read {path} as .npz: {exc}") from None
+        ykey = target or "y"
+        if ykey not in arrays:
+            raise ValueError(f"{path} has no array {ykey!r} (arrays: {', '.join(arrays)})")
+        others = [k for k in arrays if k != ykey]
+        xkey = "X" if "X" in arrays else (others[0] if len(others) == 1 else None)
+        if xkey is None:
+            raise ValueError(f"{path} must hold an array 'X' beside {ykey!r}; "
+                             f"got {', '.join(arrays)}")
+        X, y = arrays[xkey], arrays[ykey]
+    elif ext in (".npy", ".csv"):
+        header = None
+        if ext == ".npy":
+            try:
+                data = np.load(path, allow_pickle=False)
+            except Exception as exc:
+                raise ValueError(f"cannot read {path} as .npy: {exc}") from None
+        else:
+            with open(path, encoding="utf-8") as fh:
+                first = fh.readline()
+            cells = [c.strip() for c in first.strip().split(",")]
+            try:
+                [float(c) for c in cells]
+                skip = 0
+            except ValueError:
+                header, skip = cells, 1
+            try:
+                data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+            except ValueError as exc:
+                raise ValueError(f"cannot read {path} as numeric CSV: {exc}") from None
+        if data.ndim != 2 or data.shape[1] < 2:
+            raise ValueError(f"{path} must hold a 2-D table with at least 2 columns; "
+                             f"got shape {data.shape}")
+        col = _column(header, target, data.shape[1], path)
+        y = data[:, col]
+        X = np.delete(data, col, axis=1)
+    else:
+        raise ValueError(f"unsupported data file type {ext!r} for {path}; "
+                         "use .npz, .npy or .csv")
+    X = v.as_array(X, "X")
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X in {path} must be a non-empty 2-D array; got shape {X.shape}")
+    y = v.as_array(y, "y")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    return X.astype(np.float64), y

@@ -1,0 +1,475 @@
+"""The MLP model: a network held as data in flat buffers.
+
+``widths`` and activation ``codes`` are small int64 arrays; all weights and
+biases live in one contiguous buffer (``model.params`` gives (W, b) views
+into it), the gradients in a second buffer of the same layout, and the
+activations of a batch in one preallocated workspace.  A whole epoch
+(gathering minibatches, forward, loss, backward, optimizer update) is one
+compiled call, so Python costs nothing per layer or per batch.
+"""
+
+import numpy as np
+
+from . import _validation as v
+from ._io import load_model_file, save_model_file
+from ._kernels import activations as _act
+from ._kernels import losses as _loss
+from ._kernels import network as _net
+from .optim import Adam, get_optimizer
+
+__all__ = ["MLP", "DivergenceError"]
+
+OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY}
+_PREDICT_CHUNK = 4096
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient.
+
+    The model keeps the parameters from before the failing step.  The
+    attributes ``epoch`` (1-based) and ``step`` (1-based batch within the
+    epoch) say where.
+    """
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+def _hidden_codes(activation, n_hidden):
+    if isinstance(activation, str):
+        return [v.as_activation(activation)] * n_hidden
+    try:
+        acts = list(activation)
+    except TypeError:
+        raise TypeError("activation must be a name or a list of names, one per hidden "
+                        f"layer; got {type(activation).__name__}") from None
+    if len(acts) != n_hidden:
+        raise ValueError(f"activation lists one name per hidden layer: expected "
+                         f"{n_hidden}, got {len(acts)}")
+    return [v.as_activation(a) for a in acts]
+
+
+class MLP:
+    """Multi-layer perceptron trained by backpropagation.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Layer widths ``[d_0, d_1, ..., d_L]``: input features, hidden widths,
+        outputs.  At least two entries, all >= 1.
+    activation : str or sequence of str
+        Hidden-layer activation ("relu", "tanh", "sigmoid", "identity"), one
+        for all or one per hidden layer.
+    output : {"softmax", "identity"}
+        "softmax": classification with mean cross-entropy (``d_L`` classes);
+        "identity": regression with half squared error.
+    dtype : {"float32", "float64"}
+        Dtype of parameters and of all work.
+    seed : int or None
+        Seeds initialisation and shuffling; the same seed gives the same
+        parameters after the same calls.
+    alpha : float
+        L2 penalty: the loss gains ``alpha / (2 n_batch) * sum(W**2)``.
+
+    Weights are drawn uniformly from ``[-r, r]``: He's ``r = sqrt(6 / d_in)``
+    for ReLU layers, Glorot's ``r = sqrt(6 / (d_in + d_out))`` otherwise and
+    ``r = sqrt(2 / (d_in + d_out))`` for sigmoid layers (scikit-learn's
+    choice).  Biases start at zero.
+    """
+
+    def __init__(self, widths, activation="relu", output="softmax", dtype="float32",
+                 seed=None, alpha=0.0):
+        try:
+            w = [int(d) if not isinstance(d, bool) and float(d) == int(d) else None
+                 for d in widths]
+        except (TypeError, ValueError):
+            raise TypeError(f"widths must be a sequence of positive integers; got {widths!r}")\
+                from None
+        if len(w) < 2 or any(d is None or d < 1 for d in w):
+            raise ValueError(f"widths must list at least 2 positive integers (inputs, ..., "
+                             f"outputs); got {list(widths)!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be 'softmax' or 'identity'; got {output!r}")
+        if output == "softmax" and w[-1] < 2:
+            raise ValueError(f"a softmax output needs at least 2 classes; got widths[-1]={w[-1]}")
+        codes = _hidden_codes(activation, len(w) - 2) + [OUTPUTS[output]]
+        self.widths = np.array(w, dtype=np.int64)
+        self.codes = np.array(codes, dtype=np.int64)
+        self.output = output
+        self.dtype = v.resolve_dtype(dtype)
+        self.alpha = v.as_real(alpha, "alpha", 0.0)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._params = np.zeros(self.n_params, dtype=self.dtype)
+        self._grads = np.zeros_like(self._params)
+        self._ws_key = None
+        self._ws = None
+        self.optimizer = None
+        self.history = {}
+        self.epochs_trained = 0
+        self.initialize()
+
+    # -- structure ---------------------------------------------------------
+    @property
+    def n_layers(self):
+        return self.widths.size - 1
+
+    @property
+    def n_params(self):
+        w = self.widths
+        return int(np.sum(w[:-1] * w[1:] + w[1:]))
+
+    @property
+    def activations(self):
+        """Activation name of each layer (the last is the output's)."""
+        names = [_act.ACTIVATION_NAMES[int(c)] for c in self.codes[:-1]]
+        return names + [self.output]
+
+    def _layout(self):
+        off = 0
+        for k in range(self.n_layers):
+            d_in, d_out = int(self.widths[k]), int(self.widths[k + 1])
+            yield off, off + d_in * d_out, d_in, d_out
+            off += d_in * d_out + d_out
+
+    def _views(self, flat):
+        return [(flat[w:b].reshape(d_in, d_out), flat[b:b + d_out])
+                for w, b, d_in, d_out in self._layout()]
+
+    @property
+    def params(self):
+        """List of (W, b) per layer: views into the flat parameter buffer,
+        W of shape (d_in, d_out), b of shape (d_out,).  Writing into them
+        changes the model."""
+        return self._views(self._params)
+
+    @property
+    def flat_params(self):
+        """The flat parameter buffer itself (1-D view)."""
+        return self._params
+
+    def initialize(self):
+        """Draw fresh weights from the model's generator; zero the biases."""
+        for (W, b), code in zip(self.params, self.codes):
+            d_in, d_out = W.shape
+            if code == _act.RELU:
+                r = np.sqrt(6.0 / d_in)
+            elif code == _act.SIGMOID:
+                r = np.sqrt(2.0 / (d_in + d_out))
+            else:
+                r = np.sqrt(6.0 / (d_in + d_out))
+            W[...] = self._rng.uniform(-r, r, size=W.shape)
+            b[...] = 0
+        self.optimizer = None
+        self.epochs_trained = 0
+        self.history = {}
+
+    # -- data --------------------------------------------------------------
+    def _check_X(self, X, name="X"):
+        X = v.as_float(X, name, 2, self.dtype)
+        v.check_nonempty(X, name)
+        if X.shape[1] != self.widths[0]:
+            raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
+                             f"got shape {X.shape}")
+        return X
+
+    def _check_y(self, y, n, name="y"):
+        """Returns (loss_kind, y_int, y_f) for the kernels."""
+        d_out = int(self.widths[-1])
+        ya = v.as_array(y, name)
+        empty_f = np.empty((0, d_out), dtype=self.dtype)
+        empty_i = np.empty(0, dtype=np.int64)
+        if self.output == "softmax":
+            if ya.ndim == 1:
+                return _net.XENT_LABELS, v.as_labels(ya, name, n, d_out), empty_f
+            t = v.as_float(ya, name, 2, self.dtype)
+            if t.shape != (n, d_out):
+                raise ValueError(f"{name} as target rows must have shape ({n}, {d_out}); "
+                                 f"got {t.shape}")
+            if (t < 0).any():
+                raise ValueError(f"{name} target rows must be non-negative probabilities")
+            return _net.XENT_TARGETS, empty_i, t
+        if ya.ndim == 1 and d_out == 1:
+            ya = ya.reshape(-1, 1)
+        t = v.as_float(ya, name, 2, self.dtype)
+        if t.shape != (n, d_out):
+            raise ValueError(f"{name} must have shape ({n}, {d_out})"
+                             f"{' or (%d,)' % n if d_out == 1 else ''}; got {ya.shape}")
+        return _net.SQUARED_ERROR, empty_i, t
+
+    def _check_weights(self, sample_weight, n):
+        if sample_weight is None:
+            return np.empty(0, dtype=np.float64)
+        sw = v.as_float(sample_weight, "sample_weight", 1, np.float64)
+        if sw.shape[0] != n:
+            raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}")
+        if (sw < 0).any():
+            raise ValueError("sample_weight must be non-negative")
+        if sw.sum() <= 0:
+            raise ValueError("sample_weight must have a positive sum")
+        return sw
+
+    def _workspace(self, cap):
+        """Buffers for batches of up to ``cap`` rows, reused between calls."""
+        key = (cap, self.dtype, tuple(self.widths))
+        if self._ws_key != key:
+            w = self.widths
+            dt = self.dtype
+            self._ws = dict(
+                acts=np.zeros(cap * int(w[1:].sum()), dtype=dt),
+                delta_a=np.zeros(cap * int(w[1:].max()), dtype=dt),
+                delta_b=np.zeros(cap * int(w[1:].max()), dtype=dt),
+                rw=np.zeros(cap, dtype=dt),
+                xb=np.zeros(cap * int(w[0]), dtype=dt),
+                yb_int=np.zeros(cap, dtype=np.int64),
+                yb_f=np.zeros(cap * int(w[-1]), dtype=dt),
+                swb=np.zeros(cap, dtype=np.float64),
+            )
+            self._ws_key = key
+        return self._ws
+
+    # -- training ----------------------------------------------------------
+    def fit(self, X, y, epochs=10, batch_size=32, optimizer=None, validation_data=None,
+            shuffle=True, sample_weight=None, progress=False):
+        """Train with minibatch gradient descent.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_0)
+        y : array_like
+            Classification: integer labels (n,) or target rows (n, d_L).
+            Regression: targets (n, d_L), or (n,) when d_L == 1.
+        epochs : int
+            Passes over the data.
+        batch_size : int
+            Rows per step (the last batch of an epoch may be smaller).
+        optimizer : Optimizer, str or None
+            ``fb.SGD(...)``, ``fb.Adam(...)``, "sgd" or "adam".  None keeps
+            the optimizer (and its state) of the previous ``fit``, or makes
+            ``Adam()`` the first time.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after every epoch.
+        shuffle : bool
+            Shuffle rows each epoch with the model's seeded generator.
+        sample_weight : array_like, shape (n,), optional
+            Row weights: each batch loss is the weighted mean.
+        progress : bool
+            Show a tqdm progress bar with loss and accuracy.
+
+        Returns
+        -------
+        history : dict of lists
+            Per epoch: "loss" (training loss, L2 term included, averaged over
+            the epoch's batches while training), "accuracy" for
+            classification, and "val_loss" / "val_accuracy" with validation
+            data.  The same lists accumulate in ``model.history``.
+
+        Raises
+        ------
+        DivergenceError
+            If a step's loss or gradient is not finite; the parameters stay
+            as they were before that step.
+        """
+        X = self._check_X(X)
+        n = X.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        sw = self._check_weights(sample_weight, n)
+        epochs = v.as_positive_int(epochs, "epochs")
+        batch_size = min(v.as_positive_int(batch_size, "batch_size"), n)
+        if validation_data is not None:
+            try:
+                Xv, yv = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data must be a tuple (X_val, y_val)") from None
+            Xv = self._check_X(Xv, "validation_data[0]")
+            self._check_y(yv, Xv.shape[0], "validation_data[1]")
+        if optimizer is not None:
+            self.optimizer = get_optimizer(optimizer)
+        elif self.optimizer is None:
+            self.optimizer = Adam()
+        opt = self.optimizer
+        s1, s2 = opt.bind(self._params)
+        hp = opt.hyperparameters()
+        ws = self._workspace(batch_size)
+        classify = self.output == "softmax"
+        history = {"loss": []}
+        if classify:
+            history["accuracy"] = []
+        if validation_data is not None:
+            history["val_loss"] = []
+            if classify:
+                history["val_accuracy"] = []
+
+        epoch_iter = range(epochs)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=epochs, unit="epoch", desc="fit")
+        for _ in epoch_iter:
+            perm = self._rng.permutation(n) if shuffle else np.arange(n)
+            status, batch, loss_sum, correct, step = _net.train_epoch(
+                X, y_int, y_f, sw, perm, batch_size,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                opt.kind, hp, s1, s2, opt.step_,
+                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"],
+            )
+            opt.step_ = int(step)
+            if status != 0:
+                if bar is not None:
+                    bar.close()
+                what = "loss" if status == 1 else "gradient"
+                epoch_no = self.epochs_trained + 1
+                raise DivergenceError(
+                    f"training diverged: non-finite {what} at epoch {epoch_no}, step "
+                    f"{batch + 1} (batch_size={batch_size}); parameters are those before "
+                    "that step. Try a smaller learning rate or scaled inputs.",
+                    epoch_no, int(batch) + 1,
+                )
+            self.epochs_trained += 1
+            history["loss"].append(loss_sum / n)
+            if classify:
+                history["accuracy"].append(correct / n)
+            if validation_data is not None:
+                scores = self.evaluate(Xv, yv)
+                history["val_loss"].append(scores["loss"])
+                if classify:
+                    history["val_accuracy"].append(scores["accuracy"])
+            if bar is not None:
+                bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        for k, vals in history.items():
+            self.history.setdefault(k, []).extend(vals)
+        return history
+
+    def loss_and_grad(self, X, y, sample_weight=None):
+        """Loss over all rows of X and its gradient, without updating.
+
+        Returns
+        -------
+        loss : float
+            Mean loss over the rows, L2 term included.
+        grads : list of (dW, db)
+            Gradients laid out like ``params`` (fresh arrays).
+        """
+        X = self._check_X(X)
+        n = X.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        sw = self._check_weights(sample_weight, n)
+        w, dt = self.widths, self.dtype
+        big = n * int(w[1:].max())
+        grads = np.empty_like(self._params)
+        loss, _ = _net.loss_and_grad(
+            self._params, grads, w, self.codes, kind, self.alpha, X, y_int, y_f, sw,
+            np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
+            np.empty(n, dt),
+        )
+        return float(loss), self._views(grads)
+
+    # -- inference ---------------------------------------------------------
+    def forward(self, X):
+        """Raw network outputs (logits for classification), shape (n, d_L)."""
+        X = self._check_X(X)
+        n = X.shape[0]
+        out = np.empty((n, int(self.widths[-1])), dtype=self.dtype)
+        cap = min(n, _PREDICT_CHUNK)
+        acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
+        for s in range(0, n, cap):
+            out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
+                                          X[s:s + cap], acts)
+        return out
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n, d_L) (classification only)."""
+        if self.output != "softmax":
+            raise ValueError("predict_proba needs a softmax output; this model regresses")
+        z = self.forward(X)
+        _loss.softmax_rows(z)
+        return z
+
+    def predict(self, X):
+        """Class labels (n,) for classification; outputs for regression
+        ((n,) when there is one output, else (n, d_L))."""
+        z = self.forward(X)
+        if self.output == "softmax":
+            return np.argmax(z, axis=1)
+        return z[:, 0] if z.shape[1] == 1 else z
+
+    def evaluate(self, X, y, sample_weight=None):
+        """Loss (without the L2 term) and, for classification, accuracy.
+
+        Returns
+        -------
+        dict with "loss" and, for classification, "accuracy".
+        """
+        z = self.forward(X)
+        n = z.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        sw = self._check_weights(sample_weight, n)
+        w = np.empty(n, dtype=self.dtype)
+        _loss.row_weights(n, sw, w)
+        dz = np.empty_like(z)
+        correct = 0
+        if kind == _net.XENT_LABELS:
+            loss, correct = _loss.softmax_xent_labels(z, y_int, w, dz)
+        elif kind == _net.XENT_TARGETS:
+            loss, correct = _loss.softmax_xent_targets(z, y_f, w, dz)
+        else:
+            loss = _loss.half_squared_error(z, y_f, w, dz)
+        scores = {"loss": float(loss)}
+        if self.output == "softmax":
+            if sw.size:
+                hit = np.argmax(z, 1) == (y_int if kind == _net.XENT_LABELS
+                                          else np.argmax(y_f, 1))
+                scores["accuracy"] = float(np.sum(sw * hit) / sw.sum())
+            else:
+                scores["accuracy"] = correct / n
+        return scores
+
+    def score(self, X, y):
+        """Accuracy for classification, R^2 for regression."""
+        if self.output == "softmax":
+            return self.evaluate(X, y)["accuracy"]
+        pred = self.forward(X).astype(np.float64)
+        _, _, t = self._check_y(y, pred.shape[0])
+        t = t.astype(np.float64)
+        ss_res = ((t - pred) ** 2).sum(0)
+        ss_tot = ((t - t.mean(0)) ** 2).sum(0)
+        return float(np.mean(1 - ss_res / np.where(ss_tot == 0, 1, ss_tot)))
+
+    # -- files -------------------------------------------------------------
+    def save(self, path):
+        """Write the model to a .npz file atomically (temporary file, rename)."""
+        save_model_file(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by ``save``; checks format, shapes and dtype."""
+        meta = load_model_file(path)
+        model = cls.__new__(cls)
+        model.widths = meta["widths"]
+        model.codes = meta["codes"]
+        model.output = meta["output"]
+        model.dtype = meta["params"].dtype
+        model.alpha = meta["alpha"]
+        model.seed = None
+        model._rng = np.random.default_rng()
+        model._params = meta["params"]
+        model._grads = np.zeros_like(model._params)
+        model._ws_key = None
+        model._ws = None
+        model.optimizer = None
+        model.history = meta["history"]
+        model.epochs_trained = meta["epochs_trained"]
+        return model
+
+    def __repr__(self):
+        acts = self.activations
+        hidden = acts[0] if len(set(acts[:-1])) == 1 and acts[:-1] else acts[:-1]
+        return (f"MLP({self.widths.tolist()}, activation={hidden!r}, output={self.output!r}, "
+                f"dtype='{self.dtype}')")
