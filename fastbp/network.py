@@ -285,11 +285,7 @@ class MLP:
                 raise TypeError("validation_data must be a tuple (X_val, y_val)") from None
             Xv = self._check_X(Xv, "validation_data[0]")
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
-        if optimizer is not None:
-            self.optimizer = get_optimizer(optimizer)
-        elif self.optimizer is None:
-            self.optimizer = Adam()
-        opt = self.optimizer
+        opt = self._resolve_optimizer(optimizer)
         s1, s2 = opt.bind(self._params)
         hp = opt.hyperparameters()
         ws = self._workspace(batch_size)
@@ -346,6 +342,41 @@ class MLP:
         for k, vals in history.items():
             self.history.setdefault(k, []).extend(vals)
         return history
+
+    def _resolve_optimizer(self, optimizer):
+        if optimizer is not None:
+            self.optimizer = get_optimizer(optimizer)
+        elif self.optimizer is None:
+            self.optimizer = Adam()
+        return self.optimizer
+
+    def train_on_batch(self, X, y, optimizer=None, sample_weight=None):
+        """One training step (forward, loss, backward, update) on all rows of
+        X as a single batch, in one compiled call.
+
+        Arguments as in ``fit``.  Returns the batch loss (L2 term included).
+        Raises DivergenceError (parameters unchanged) on a non-finite loss or
+        gradient.
+        """
+        X = self._check_X(X)
+        n = X.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        sw = self._check_weights(sample_weight, n)
+        opt = self._resolve_optimizer(optimizer)
+        s1, s2 = opt.bind(self._params)
+        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n)
+        status, loss, _, step = _net.train_step(
+            self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
+            y_int, y_f, sw, opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
+            ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
+        )
+        if status != 0:
+            what = "loss" if status == 1 else "gradient"
+            raise DivergenceError(f"training diverged: non-finite {what} in train_on_batch; "
+                                  "parameters are those before the step",
+                                  self.epochs_trained + 1, 1)
+        opt.step_ = int(step)
+        return float(loss)
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Loss over all rows of X and its gradient, without updating.
