@@ -1,15 +1,13 @@
 """Fused dense layer kernels: matrix products through BLAS, the rest fused.
 
-``np.dot(a, b, out)`` inside a compiled function calls SciPy's BLAS and writes
-into ``out`` without allocating.  Both operands must share ``out``'s dtype.
-``x.T`` of a C-contiguous array is F-contiguous, which BLAS takes as a
-transposed operand with no copy.
+``matmul`` (blas.py) writes into ``out`` without allocating; ``x.T`` of a
+C-contiguous array is passed to BLAS as a transposed operand with no copy.
 """
 
-import numpy as np
 from numba import njit
 
 from .activations import bias_activation, delta_and_bias_grad
+from .blas import matmul
 from .config import JIT
 
 
@@ -20,7 +18,7 @@ def dense_forward(x, W, b, code, out):
     x (n, d_in), W (d_in, d_out), b (d_out,), out (n, d_out); one dtype,
     C-contiguous.
     """
-    np.dot(x, W, out)
+    matmul(x, W, out)
     bias_activation(out, b, code)
 
 
@@ -33,6 +31,6 @@ def dense_backward(dh, x, W, h, code, da, dx, dW, db, need_dx):
     x, dx (n, d_in); W, dW (d_in, d_out); db (d_out,).
     """
     delta_and_bias_grad(dh, h, code, da, db)
-    np.dot(x.T, da, dW)
+    matmul(x.T, da, dW)
     if need_dx:
-        np.dot(da, W.T, dx)
+        matmul(da, W.T, dx)
