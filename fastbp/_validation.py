@@ -6,6 +6,7 @@ failure reported as a ValueError or TypeError naming the argument.
 """
 
 import numbers
+import os
 
 import numpy as np
 
@@ -15,30 +16,70 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _describe(x):
+    """Short description of what a caller passed, for error messages."""
+    if x is None:
+        return "None"
     if isinstance(x, np.ndarray):
         return f"array of dtype {x.dtype} and shape {x.shape}"
-    return f"{type(x).__name__}"
+    r = repr(x)
+    if len(r) > 60:
+        r = r[:57] + "..."
+    return f"{type(x).__name__} {r}"
+
+
+_KIND_NAMES = {
+    "c": "complex numbers",
+    "O": "Python objects",
+    "U": "strings",
+    "S": "bytes",
+    "M": "datetimes",
+    "m": "timedeltas",
+    "V": "structured/void records",
+}
+
+
+def _native(dt):
+    """The dtype in native byte order (big-endian files load as such)."""
+    return dt if dt.isnative else dt.newbyteorder("=")
 
 
 def as_array(x, name):
-    """np.asarray(x) with a clear TypeError for what is not numeric."""
+    """np.asarray(x) with a clear TypeError for what is not real numbers.
+
+    Bool, integer and floating dtypes pass; complex, strings, bytes, Python
+    objects, datetimes and records are refused.  Non-native byte order is
+    converted to native so the kernels never see it.
+    """
+    if x is None:
+        raise TypeError(f"{name} must be an array of real numbers; got None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array of real numbers; got {_describe(x)}")
     try:
         arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be array-like of numbers; got {_describe(x)} ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}"
-        )
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of real numbers; got {_describe(x)} "
+                        f"({type(exc).__name__}: {exc})") from None
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        what = _KIND_NAMES.get(kind, f"dtype {arr.dtype}")
+        raise TypeError(f"{name} must hold real numbers (bool, int or float); got {what} "
+                        f"(dtype {arr.dtype})")
+    if kind == "f" and arr.dtype.itemsize not in (2, 4, 8):
+        raise TypeError(f"{name} has unsupported dtype {arr.dtype}; use float32 or float64")
+    if not arr.dtype.isnative:
+        arr = arr.astype(_native(arr.dtype))
     return arr
 
 
 def resolve_dtype(dtype, name="dtype"):
     """Return np.dtype float32 or float64 for a dtype-like, or raise."""
+    if dtype is None or isinstance(dtype, bool):
+        raise TypeError(f"{name} must be 'float32' or 'float64'; got {dtype!r}")
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be 'float32' or 'float64'; got {dtype!r}") from None
+    dt = _native(dt)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be 'float32' or 'float64'; got {dt}")
     return dt
@@ -50,7 +91,7 @@ def work_dtype(*arrays):
     float32 stays float32, float64 stays float64, integers and bools work in
     float64 as they would in NumPy, float16 is computed in float32.
     """
-    kinds = [a for a in arrays if a is not None]
+    kinds = [_native(a.dtype) for a in arrays if a is not None]
     dt = np.result_type(*kinds) if kinds else np.dtype(np.float64)
     if dt.kind in "biu":
         return np.dtype(np.float64)
@@ -61,50 +102,77 @@ def work_dtype(*arrays):
     return dt
 
 
+def _first_bad(arr):
+    """Index and value of the first non-finite element (for messages)."""
+    idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    return idx if len(idx) != 1 else idx[0], arr[idx]
+
+
 def as_float(x, name, ndim, dtype, finite=True):
-    """C-contiguous array of `dtype` with `ndim` dims; checks finiteness."""
+    """C-contiguous, aligned, writeable array of `dtype` with `ndim` dims.
+
+    Fortran-ordered, strided, negative-stride, unaligned and read-only input
+    is copied once here (never written to), so kernels are compiled for one
+    layout only.  With ``finite``, NaN and infinity are refused, also where a
+    float64 value overflows the float32 it is converted to.
+    """
     arr = as_array(x, name)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got {arr.ndim}-D with shape {arr.shape}")
     if arr.dtype.kind == "f" and arr.dtype not in FLOAT_DTYPES and arr.dtype != np.float16:
         raise TypeError(f"{name} has unsupported dtype {arr.dtype}; use float32 or float64")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if finite and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.require(arr, dtype=dtype, requirements="CAW")
+    if finite and out.size and not np.isfinite(out).all():
+        if arr.dtype.kind == "f" and np.isfinite(arr).all():
+            raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} "
+                             f"(max {np.finfo(dtype).max:.3g}); got {np.abs(arr).max():.3g}")
+        where, value = _first_bad(arr)
+        raise ValueError(f"{name} must be finite; got {value} at index {where} "
+                         "(NaN or infinity)")
+    return out
 
 
 def check_nonempty(arr, name):
     if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows); at least one row is needed")
+        raise ValueError(f"{name} is empty: expected at least one row; got shape {arr.shape}")
 
 
 def as_labels(y, name, n_rows, n_classes):
     """int64 labels of shape (n_rows,) in [0, n_classes)."""
     arr = as_array(y, name)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D integer labels; got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D integer labels of shape ({n_rows},); "
+                         f"got {arr.ndim}-D with shape {arr.shape}")
     if arr.shape[0] != n_rows:
-        raise ValueError(f"{name} has {arr.shape[0]} labels but there are {n_rows} rows")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integer class labels; got non-integer values")
-    elif arr.dtype.kind == "b":
+        raise ValueError(f"{name} must have one label per row: expected {n_rows}, "
+                         f"got {arr.shape[0]}")
+    if arr.dtype.kind == "b":
         raise TypeError(f"{name} must hold integer class labels; got dtype bool")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if not bad.any():
+            bad = arr != np.round(arr)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name} must hold integer class labels; got {arr[i]} "
+                             f"at index {i}")
     if arr.size:
         lo, hi = arr.min(), arr.max()
         if lo < 0 or hi >= n_classes:
             raise ValueError(
-                f"{name} must be in [0, {n_classes - 1}] for {n_classes} classes; "
-                f"got values from {lo} to {hi}"
+                f"{name} must be class labels in [0, {n_classes - 1}] for {n_classes} "
+                f"classes; got values from {lo} to {hi}"
             )
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, dtype=np.int64, requirements="CAW")
 
 
 def as_activation(name, argname="activation"):
     """Kernel code for an activation name."""
     if not isinstance(name, str):
-        raise TypeError(f"{argname} must be a string; got {type(name).__name__}")
+        known = ", ".join(sorted(ACTIVATION_CODES))
+        raise TypeError(f"{argname} must be an activation name ({known}); "
+                        f"got {_describe(name)}")
     try:
         return ACTIVATION_CODES[name.lower()]
     except KeyError:
@@ -133,3 +201,68 @@ def as_real(value, name, minimum=None, maximum=None, min_inclusive=True, max_inc
         op = "<=" if max_inclusive else "<"
         raise ValueError(f"{name} must be {op} {maximum}; got {value}")
     return value
+
+
+def as_bool(value, name):
+    """A Python bool from True/False (numpy bools included); no truthiness."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {_describe(value)}")
+    return bool(value)
+
+
+def as_choice(value, name, choices):
+    """``value`` if it is one of the strings ``choices``, else a clear error."""
+    listed = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {listed}; got {_describe(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+    return value
+
+
+def as_seed(seed, name="seed"):
+    """None, a non-negative integer or a numpy Generator, as default_rng takes."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None or a non-negative integer; "
+                        f"got {_describe(seed)}")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {seed}")
+    return int(seed)
+
+
+def as_widths(widths, name="widths"):
+    """Layer widths as a list of ints: at least two, all >= 1.
+
+    Integral floats (``64.0``) are accepted; bools, fractions, NaN, infinity
+    and strings are not.
+    """
+    expected = f"{name} must be a sequence of positive integers [d_in, ..., d_out]"
+    if isinstance(widths, (str, bytes, dict)):
+        raise TypeError(f"{expected}; got {_describe(widths)}")
+    try:
+        items = list(widths)
+    except TypeError:
+        raise TypeError(f"{expected}; got {_describe(widths)}") from None
+    out = []
+    for i, d in enumerate(items):
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Real):
+            raise TypeError(f"{name}[{i}] must be a positive integer; got {_describe(d)}")
+        if not np.isfinite(d) or d != int(d):
+            raise ValueError(f"{name}[{i}] must be a positive integer; got {d!r}")
+        if d < 1:
+            raise ValueError(f"{name}[{i}] must be >= 1; got {d!r}")
+        out.append(int(d))
+    if len(out) < 2:
+        raise ValueError(f"{name} must list at least 2 sizes (inputs, ..., outputs); "
+                         f"got {len(out)}")
+    return out
+
+
+def as_path(path, name="path"):
+    """A str path from str/bytes/os.PathLike, with a clear TypeError."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        p = os.fspath(path)
+        return os.fsdecode(p)
+    raise TypeError(f"{name} must be a file path (str or os.PathLike); got {_describe(path)}")

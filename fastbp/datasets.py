@@ -1,13 +1,18 @@
 """The built-in digits data and loading of user data files."""
 
 import os
+import warnings
+import zipfile
 from importlib import resources
 
 import numpy as np
 
 from . import _validation as v
 
-__all__ = ["load_digits", "load_data", "train_test_split"]
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, KeyError,
+                NotImplementedError, RuntimeError)
+
+__all__ = ["load_data", "load_digits", "train_test_split"]
 
 
 def load_digits(dtype="float32", scale=True):
@@ -25,9 +30,10 @@ def load_digits(dtype="float32", scale=True):
     y : ndarray, shape (1797,), int64
     """
     dt = v.resolve_dtype(dtype)
-    with resources.files("fastbp").joinpath("data/digits.npz").open("rb") as fh:
-        with np.load(fh) as f:
-            X, y = f["X"], f["y"]
+    scale = v.as_bool(scale, "scale")
+    with (resources.files("fastbp").joinpath("data/digits.npz").open("rb") as fh,
+          np.load(fh) as f):
+        X, y = f["X"], f["y"]
     X = X.astype(dt)
     if scale:
         X /= dt.type(16)
@@ -41,13 +47,17 @@ def train_test_split(X, y, test_size=0.2, seed=0):
     """
     X = np.asarray(X)
     y = np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise ValueError("X and y must be arrays with one row per sample; got shapes "
+                         f"{X.shape} and {y.shape}")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X and y must have the same number of rows; got {X.shape[0]} "
                          f"and {y.shape[0]}")
     test_size = v.as_real(test_size, "test_size", 0.0, 1.0, min_inclusive=False,
                           max_inclusive=False)
     n = X.shape[0]
-    n_test = int(round(n * test_size))
+    seed = v.as_seed(seed)
+    n_test = round(n * test_size)
     if n_test < 1 or n_test >= n:
         raise ValueError(f"test_size={test_size} leaves no rows on one side of {n} rows")
     perm = np.random.default_rng(seed).permutation(n)
@@ -59,6 +69,8 @@ def _column(header, target, ncols, path):
     """Index of the target column from a name or an index (default last)."""
     if target is None:
         return ncols - 1
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be a column name or index; got {target!r}")
     if header is not None and target in header:
         return header.index(target)
     try:
@@ -86,17 +98,23 @@ def load_data(path, target=None):
     X : ndarray (n, d), float64
     y : ndarray (n,)
     """
-    path = os.fspath(path)
+    path = v.as_path(path, "path")
+    if target is not None and not isinstance(target, (str, int, np.integer)) \
+            or isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be None, a column name or a column index; "
+                        f"got {target!r}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"path must be a data file; {path} is a directory")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-        except Exception as exc:
+        except _READ_ERRORS as exc:
             raise ValueError(f"cannot read {path} as .npz: {exc}") from None
-        ykey = target or "y"
+        ykey = "y" if target is None else str(target)
         if ykey not in arrays:
             raise ValueError(f"{path} has no array {ykey!r} (arrays: {', '.join(arrays)})")
         others = [k for k in arrays if k != ykey]
@@ -110,11 +128,14 @@ def load_data(path, target=None):
         if ext == ".npy":
             try:
                 data = np.load(path, allow_pickle=False)
-            except Exception as exc:
+            except _READ_ERRORS as exc:
                 raise ValueError(f"cannot read {path} as .npy: {exc}") from None
         else:
-            with open(path, encoding="utf-8") as fh:
-                first = fh.readline()
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    first = fh.readline()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"cannot read {path} as UTF-8 text CSV: {exc}") from None
             cells = [c.strip() for c in first.strip().split(",")]
             try:
                 [float(c) for c in cells]
@@ -122,8 +143,10 @@ def load_data(path, target=None):
             except ValueError:
                 header, skip = cells, 1
             try:
-                data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-            except ValueError as exc:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "no data": checked below
+                    data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+            except (ValueError, UnicodeDecodeError) as exc:
                 raise ValueError(f"cannot read {path} as numeric CSV: {exc}") from None
         if data.ndim != 2 or data.shape[1] < 2:
             raise ValueError(f"{path} must hold a 2-D table with at least 2 columns; "
@@ -135,11 +158,19 @@ def load_data(path, target=None):
         raise ValueError(f"unsupported data file type {ext!r} for {path}; "
                          "use .npz, .npy or .csv")
     X = v.as_array(X, "X")
-    if X.ndim != 2 or X.shape[0] == 0:
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"X in {path} must be a non-empty 2-D array; got shape {X.shape}")
     y = v.as_array(y, "y")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"y in {path} must be 1-D (n,) or 2-D (n, k); got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    for arr, name in ((X, "X"), (y, "y")):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            shown = where if len(where) > 1 else where[0]
+            raise ValueError(f"{name} in {path} must be finite (no NaN or infinity); "
+                             f"got {arr[where]} at index {shown}")
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)
     return X.astype(np.float64), y

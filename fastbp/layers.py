@@ -14,13 +14,13 @@ from ._kernels import dense as _dense
 from ._kernels import losses as _loss
 
 __all__ = [
-    "dense_forward",
-    "dense_backward",
-    "softmax_cross_entropy",
-    "half_squared_error",
-    "softmax",
     "activation",
     "activation_grad",
+    "dense_backward",
+    "dense_forward",
+    "half_squared_error",
+    "softmax",
+    "softmax_cross_entropy",
 ]
 
 
@@ -137,7 +137,8 @@ def _weights(sample_weight, n, dt):
     if sw.shape[0] != n:
         raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}")
     if (sw < 0).any() or sw.sum() <= 0:
-        raise ValueError("sample_weight must be non-negative with a positive sum")
+        raise ValueError("sample_weight must be non-negative with a positive sum; got "
+                         f"min {sw.min()}, sum {sw.sum()}")
     return sw
 
 
@@ -165,8 +166,12 @@ def softmax_cross_entropy(logits, y, sample_weight=None):
     """
     z = v.as_array(logits, "logits")
     ya = v.as_array(y, "y")
+    if ya.ndim not in (1, 2):
+        raise ValueError("y must be 1-D integer labels (n,) or 2-D target rows (n, c); "
+                         f"got {ya.ndim}-D with shape {ya.shape}")
     soft = ya.ndim == 2
-    dt = v.work_dtype(z, ya) if soft else v.work_dtype(z)
+    # integer or bool target rows (one-hot) take the dtype of the logits
+    dt = v.work_dtype(z, ya) if soft and ya.dtype.kind == "f" else v.work_dtype(z)
     z = v.as_float(z, "logits", 2, dt)
     v.check_nonempty(z, "logits")
     n, c = z.shape
@@ -180,6 +185,9 @@ def softmax_cross_entropy(logits, y, sample_weight=None):
         if t.shape != z.shape:
             raise ValueError(f"y as target rows must have the shape of logits {z.shape}; "
                              f"got {t.shape}")
+        if (t < 0).any():
+            raise ValueError(f"y as target rows must be non-negative (probabilities); "
+                             f"got minimum {t.min()}")
         loss, _ = _loss.softmax_xent_targets(z, t, w, dz)
     else:
         labels = v.as_labels(ya, "y", n, c)
@@ -207,10 +215,13 @@ def half_squared_error(y_pred, y_true, sample_weight=None):
     t = v.as_array(y_true, "y_true")
     dt = v.work_dtype(p, t)
     if p.ndim not in (1, 2):
-        raise ValueError(f"y_pred must be 1-D or 2-D; got shape {p.shape}")
+        raise ValueError(f"y_pred must be 1-D (n,) or 2-D (n, k); got {p.ndim}-D with "
+                         f"shape {p.shape}")
     shape = p.shape
-    p2 = v.as_float(p.reshape(p.shape[0], -1) if p.ndim == 1 else p, "y_pred", 2, dt)
-    v.check_nonempty(p2, "y_pred")
+    v.check_nonempty(p, "y_pred")
+    p2 = v.as_float(p.reshape(p.shape[0], 1) if p.ndim == 1 else p, "y_pred", 2, dt)
+    if p2.shape[1] == 0:
+        raise ValueError(f"y_pred must have at least one column; got shape {shape}")
     if t.shape != shape:
         raise ValueError(f"y_true must have the shape of y_pred {shape}; got {t.shape}")
     t2 = v.as_float(t.reshape(p2.shape), "y_true", 2, dt)

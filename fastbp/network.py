@@ -81,17 +81,8 @@ class MLP:
 
     def __init__(self, widths, activation="relu", output="softmax", dtype="float32",
                  seed=None, alpha=0.0):
-        try:
-            w = [int(d) if not isinstance(d, bool) and float(d) == int(d) else None
-                 for d in widths]
-        except (TypeError, ValueError):
-            raise TypeError(f"widths must be a sequence of positive integers; got {widths!r}")\
-                from None
-        if len(w) < 2 or any(d is None or d < 1 for d in w):
-            raise ValueError(f"widths must list at least 2 positive integers (inputs, ..., "
-                             f"outputs); got {list(widths)!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be 'softmax' or 'identity'; got {output!r}")
+        w = v.as_widths(widths)
+        output = v.as_choice(output, "output", tuple(OUTPUTS))
         if output == "softmax" and w[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 classes; got widths[-1]={w[-1]}")
         codes = _hidden_codes(activation, len(w) - 2) + [OUTPUTS[output]]
@@ -100,8 +91,8 @@ class MLP:
         self.output = output
         self.dtype = v.resolve_dtype(dtype)
         self.alpha = v.as_real(alpha, "alpha", 0.0)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = v.as_seed(seed)
+        self._rng = np.random.default_rng(self.seed)
         self._params = np.zeros(self.n_params, dtype=self.dtype)
         self._grads = np.zeros_like(self._params)
         self._ws_key = None
@@ -196,7 +187,7 @@ class MLP:
         t = v.as_float(ya, name, 2, self.dtype)
         if t.shape != (n, d_out):
             raise ValueError(f"{name} must have shape ({n}, {d_out})"
-                             f"{' or (%d,)' % n if d_out == 1 else ''}; got {ya.shape}")
+                             f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
         return _net.SQUARED_ERROR, empty_i, t
 
     def _check_weights(self, sample_weight, n):
@@ -217,16 +208,16 @@ class MLP:
         if self._ws_key != key:
             w = self.widths
             dt = self.dtype
-            self._ws = dict(
-                acts=np.zeros(cap * int(w[1:].sum()), dtype=dt),
-                delta_a=np.zeros(cap * int(w[1:].max()), dtype=dt),
-                delta_b=np.zeros(cap * int(w[1:].max()), dtype=dt),
-                rw=np.zeros(cap, dtype=dt),
-                xb=np.zeros(cap * int(w[0]), dtype=dt),
-                yb_int=np.zeros(cap, dtype=np.int64),
-                yb_f=np.zeros(cap * int(w[-1]), dtype=dt),
-                swb=np.zeros(cap, dtype=np.float64),
-            )
+            self._ws = {
+                "acts": np.zeros(cap * int(w[1:].sum()), dtype=dt),
+                "delta_a": np.zeros(cap * int(w[1:].max()), dtype=dt),
+                "delta_b": np.zeros(cap * int(w[1:].max()), dtype=dt),
+                "rw": np.zeros(cap, dtype=dt),
+                "xb": np.zeros(cap * int(w[0]), dtype=dt),
+                "yb_int": np.zeros(cap, dtype=np.int64),
+                "yb_f": np.zeros(cap * int(w[-1]), dtype=dt),
+                "swb": np.zeros(cap, dtype=np.float64),
+            }
             self._ws_key = key
         return self._ws
 
@@ -277,6 +268,8 @@ class MLP:
         kind, y_int, y_f = self._check_y(y, n)
         sw = self._check_weights(sample_weight, n)
         epochs = v.as_positive_int(epochs, "epochs")
+        shuffle = v.as_bool(shuffle, "shuffle")
+        progress = v.as_bool(progress, "progress")
         batch_size = min(v.as_positive_int(batch_size, "batch_size"), n)
         if validation_data is not None:
             try:
