@@ -81,9 +81,14 @@ def _fsync_dir(directory):
         os.close(dfd)
 
 
-def model_arrays(model):
-    """The arrays that describe a model, as saved."""
-    return {
+def model_arrays(model, include_optimizer=False):
+    """The arrays that describe a model, as saved.
+
+    The generator state is always saved (a resumed ``fit`` shuffles as the
+    uninterrupted one would); the optimizer and its state only on request
+    (checkpoints), since Adam's state doubles the file.
+    """
+    arrays = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
         "widths": model.widths,
@@ -93,11 +98,19 @@ def model_arrays(model):
         "params": model._params,
         "epochs_trained": np.array(model.epochs_trained),
         "history": np.array(json.dumps(model.history)),
+        "rng_state": np.array(json.dumps(model._rng.bit_generator.state)),
     }
+    opt = model.optimizer
+    if include_optimizer and opt is not None and opt.state_ is not None:
+        settings = {k: getattr(opt, k) for k in opt._fields}
+        arrays["optimizer"] = np.array(json.dumps(
+            {"name": type(opt).__name__, "settings": settings, "step": opt.step_}))
+        arrays["optimizer_s1"], arrays["optimizer_s2"] = opt.state_
+    return arrays
 
 
-def save_model_file(path, model):
-    atomic_savez(path, **model_arrays(model))
+def save_model_file(path, model, include_optimizer=False):
+    atomic_savez(path, **model_arrays(model, include_optimizer))
 
 
 def _fail(path, why):
@@ -201,7 +214,19 @@ def check_model_arrays(path, d):
             _fail(path, f"history is not valid JSON ({exc})")
         if not isinstance(history, dict):
             _fail(path, f"history must be a JSON object; got {type(history).__name__}")
+    rng_state = _json_field(path, d, "rng_state")
+    optimizer = _json_field(path, d, "optimizer")
+    if optimizer is not None:
+        if not {"name", "settings", "step"} <= set(optimizer):
+            _fail(path, "optimizer field lacks name, settings or step")
+        for key in ("optimizer_s1", "optimizer_s2"):
+            if key not in d or d[key].shape != params.shape or d[key].dtype != params.dtype:
+                _fail(path, f"{key} must match the parameters' shape and dtype")
+        optimizer["state"] = (np.require(d["optimizer_s1"], requirements="CAW"),
+                              np.require(d["optimizer_s2"], requirements="CAW"))
     return {
+        "rng_state": rng_state,
+        "optimizer": optimizer,
         "widths": w,
         "codes": codes.astype(np.int64),
         "output": output,
@@ -210,6 +235,19 @@ def check_model_arrays(path, d):
         "epochs_trained": epochs,
         "history": history,
     }
+
+
+def _json_field(path, d, key):
+    """An optional JSON-object field, parsed, or None when absent."""
+    if key not in d:
+        return None
+    try:
+        value = json.loads(_scalar(path, d, key, str))
+    except ValueError as exc:
+        _fail(path, f"{key} is not valid JSON ({exc})")
+    if not isinstance(value, dict):
+        _fail(path, f"{key} must be a JSON object; got {type(value).__name__}")
+    return value
 
 
 def load_model_file(path):

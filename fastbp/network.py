@@ -223,7 +223,8 @@ class MLP:
 
     # -- training ----------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=32, optimizer=None, validation_data=None,
-            shuffle=True, sample_weight=None, progress=False):
+            shuffle=True, sample_weight=None, progress=False, checkpoint=None,
+            checkpoint_every=1):
         """Train with minibatch gradient descent.
 
         Parameters
@@ -248,6 +249,15 @@ class MLP:
             Row weights: each batch loss is the weighted mean.
         progress : bool
             Show a tqdm progress bar with loss and accuracy.
+        checkpoint : str or path, optional
+            Save the model with its optimizer state and generator state to
+            this file (atomically) every ``checkpoint_every`` epochs.  After an
+            interruption, ``model = MLP.load(checkpoint)`` and
+            ``model.fit(X, y, epochs=total - model.epochs_trained, ...)`` with
+            the same data and batch size reach the same parameters as the
+            uninterrupted run.
+        checkpoint_every : int
+            Epochs between checkpoints.
 
         Returns
         -------
@@ -270,6 +280,9 @@ class MLP:
         epochs = v.as_positive_int(epochs, "epochs")
         shuffle = v.as_bool(shuffle, "shuffle")
         progress = v.as_bool(progress, "progress")
+        checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
+        if checkpoint is not None:
+            checkpoint = v.as_path(checkpoint, "checkpoint")
         batch_size = min(v.as_positive_int(batch_size, "batch_size"), n)
         if validation_data is not None:
             try:
@@ -327,13 +340,15 @@ class MLP:
                 history["val_loss"].append(scores["loss"])
                 if classify:
                     history["val_accuracy"].append(scores["accuracy"])
+            for k, vals in history.items():
+                self.history.setdefault(k, []).append(vals[-1])
+            if checkpoint is not None and self.epochs_trained % checkpoint_every == 0:
+                self.save(checkpoint, include_optimizer=True)
             if bar is not None:
                 bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
                 bar.update(1)
         if bar is not None:
             bar.close()
-        for k, vals in history.items():
-            self.history.setdefault(k, []).extend(vals)
         return history
 
     def _resolve_optimizer(self, optimizer):
@@ -467,9 +482,15 @@ class MLP:
         return float(np.mean(1 - ss_res / np.where(ss_tot == 0, 1, ss_tot)))
 
     # -- files -------------------------------------------------------------
-    def save(self, path):
-        """Write the model to a .npz file atomically (temporary file, rename)."""
-        save_model_file(path, self)
+    def save(self, path, include_optimizer=False):
+        """Write the model to a .npz file atomically (temporary file, rename).
+
+        The file holds the architecture, parameters, history and generator
+        state; with ``include_optimizer`` also the optimizer and its state,
+        so that ``MLP.load`` followed by ``fit`` continues exactly as an
+        uninterrupted ``fit`` would (checkpoints are written this way).
+        """
+        save_model_file(path, self, include_optimizer)
 
     @classmethod
     def load(cls, path):
@@ -483,11 +504,28 @@ class MLP:
         model.alpha = meta["alpha"]
         model.seed = None
         model._rng = np.random.default_rng()
+        if meta["rng_state"] is not None:
+            try:
+                model._rng.bit_generator.state = meta["rng_state"]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"cannot load model from {path!r}: bad rng_state ({exc})") \
+                    from None
         model._params = meta["params"]
         model._grads = np.zeros_like(model._params)
         model._ws_key = None
         model._ws = None
         model.optimizer = None
+        opt = meta["optimizer"]
+        if opt is not None:
+            try:
+                model.optimizer = get_optimizer(opt["name"].lower())
+                for k, val in opt["settings"].items():
+                    setattr(model.optimizer, k, val)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ValueError(f"cannot load model from {path!r}: bad optimizer "
+                                 f"({exc})") from None
+            model.optimizer.state_ = opt["state"]
+            model.optimizer.step_ = int(opt["step"])
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
         return model
