@@ -1,14 +1,24 @@
 """Compilation options shared by every kernel.
 
 One place defines how kernels are compiled so that no kernel drifts from the
-others.  ``FASTMATH`` deliberately leaves out ``nnan`` and ``ninf``: with them
-LLVM may assume no NaN or inf ever occurs and delete the very comparisons that
-let a diverging loss surface as NaN (tests/test_network.py::test_divergence_*).
-``afn`` (approximate math functions) is left out too, so ``exp``/``log``/``tanh``
-keep full accuracy; ``reassoc`` is what lets LLVM vectorise the reductions.
+others.
+
+``FASTMATH`` is deliberately small.  ``nnan`` and ``ninf`` are out: with
+them LLVM may assume no NaN or inf ever occurs and delete the very checks
+that let a diverging loss surface (``optim.all_finite``, the NaN-keeping
+ReLU).  ``reassoc``, ``contract``, ``arcp`` and ``afn`` are out too: they let
+LLVM reorder sums, fuse multiply-adds or use reciprocals *depending on the
+context a function is optimised in*.  A kernel is compiled once on its own
+and again folded into each caller, and the JIT may bind a call to either
+copy, so with those flags the same training gave different last bits
+depending on which layer functions a process had called before ``fit``
+(tests/test_checkpoint.py::test_killed_training_resumes failed after
+tests/test_bad_input.py).  Element-wise loops vectorise without them; the
+few reductions are over short rows.  ``nsz`` (ignore the sign of zero) can
+change no magnitude and lets ``zero if v < zero else v`` become a vector max.
 """
 
-FASTMATH = set({"nsz", "arcp", "contract", "reassoc"})
+FASTMATH = {"nsz"}
 
 # cache=True: a second process loads machine code from __pycache__ instead of
 # compiling again.  nogil: callers may run kernels from several Python threads.

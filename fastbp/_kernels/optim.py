@@ -17,15 +17,24 @@ ADAM = 1
 
 @njit(**JIT)
 def all_finite(x):
-    """True if every element of the 1-D array x is finite."""
-    # x * 0 is 0 for finite x and NaN for inf or NaN.  LLVM may fold x * 0 to
-    # 0 only under nnan + ninf, which FASTMATH leaves out; the sum vectorises.
-    # (``x - x`` was folded to 0 under our flags: test_all_finite_detects.)
-    zero = x.dtype.type(0)
-    acc = zero
-    for i in range(x.size):
-        acc += x[i] * zero
-    return acc == zero
+    """True if every element of the 1-D float array x is finite."""
+    # Integer test on the exponent bits (all ones for inf and NaN): integer
+    # max is associative, so the loop vectorises without any fastmath flag,
+    # and no flag can fold it away (a float ``x - x`` sum was folded to 0
+    # under ``reassoc``: test_all_finite_detects).
+    if x.itemsize == 4:
+        bits = x.view(np.uint32)
+        mask = np.uint32(0x7F800000)
+        worst = np.uint32(0)
+        for i in range(bits.size):
+            worst = max(worst, bits[i] & mask)
+        return worst != mask
+    bits64 = x.view(np.uint64)
+    mask64 = np.uint64(0x7FF0000000000000)
+    worst64 = np.uint64(0)
+    for i in range(bits64.size):
+        worst64 = max(worst64, bits64[i] & mask64)
+    return worst64 != mask64
 
 
 @njit(**JIT)
