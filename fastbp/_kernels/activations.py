@@ -49,7 +49,7 @@ def bias_activation(a, b, code):
                 v = row[j] + b[j]
                 # `zero if v < zero else v`, not `max`: NaN must stay NaN so a
                 # diverging step is reported (test_relu_keeps_nan).
-                row[j] = zero if v < zero else v
+                row[j] = zero if v < zero else v  # noqa: FURB136 (max() drops NaN)
         elif code == SIGMOID:
             for j in range(d):
                 v = row[j] + b[j]
@@ -77,7 +77,7 @@ def activate(a, code):
         if code == RELU:
             for j in range(d):
                 v = row[j]
-                row[j] = zero if v < zero else v
+                row[j] = zero if v < zero else v  # noqa: FURB136 (max() drops NaN)
         elif code == SIGMOID:
             for j in range(d):
                 v = row[j]

@@ -30,10 +30,14 @@ ROW_MAJOR = 101
 NO_TRANS = 111
 TRANS = 112
 
-_args = lambda t: (  # noqa: E731  cblas_?gemm with 64-bit sizes
-    types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
-    t, types.intp, types.int64, types.intp, types.int64, t, types.intp, types.int64,
-)
+def _args(t):
+    """Argument types of cblas_?gemm with 64-bit sizes; pointers as intp."""
+    return (
+        types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
+        t, types.intp, types.int64, types.intp, types.int64, t, types.intp, types.int64,
+    )
+
+
 _sgemm = types.ExternalFunction("fastbp_cblas_sgemm64", types.void(*_args(types.float32)))
 _dgemm = types.ExternalFunction("fastbp_cblas_dgemm64", types.void(*_args(types.float64)))
 

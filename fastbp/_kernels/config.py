@@ -22,4 +22,4 @@ FASTMATH = {"nsz"}
 
 # cache=True: a second process loads machine code from __pycache__ instead of
 # compiling again.  nogil: callers may run kernels from several Python threads.
-JIT = dict(nogil=True, cache=True, fastmath=FASTMATH)
+JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH}

@@ -148,8 +148,7 @@ def softmax_rows(z):
         zi = z[i]
         m = zi[0]
         for j in range(1, c):
-            if zi[j] > m:
-                m = zi[j]
+            m = max(m, zi[j])
         s = zero
         for j in range(c):
             e = np.exp(zi[j] - m)
