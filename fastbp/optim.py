@@ -51,8 +51,9 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum (PyTorch's update rule).
 
-    ``v = momentum * v + (1 - dampening) * (g + weight_decay * p)``;
-    ``p -= lr * v``, or with ``nesterov=True``
+    ``v = momentum * v + (1 - dampening) * (g + weight_decay * p)`` (the
+    first step sets ``v = g + weight_decay * p``); ``p -= lr * v``, or with
+    ``nesterov=True``
     ``p -= lr * (g + weight_decay * p + momentum * v)``.
     """
 

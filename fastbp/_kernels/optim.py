@@ -38,17 +38,24 @@ def all_finite(x):
 
 
 @njit(**JIT)
-def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov):
+def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
     """SGD with optional momentum, Nesterov momentum and L2 weight decay.
 
-    With d = g + weight_decay * p:  v = momentum * v + (1 - dampening) * d;
+    With d = g + weight_decay * p:  v = momentum * v + (1 - dampening) * d,
+    except on the ``first`` step, where v = d;
     p -= lr * (d + momentum * v) if nesterov else lr * v  (PyTorch's rule;
     with momentum 0 it is p -= lr * d).  p, g, v: 1-D, one dtype.
     """
     t = p.dtype.type
     lr_ = t(lr)
     mu = t(momentum)
+    # PyTorch starts the momentum buffer at the first gradient, undamped
+    # (test_optim.py::test_matches_torch with dampening > 0).
+    keep = mu  # weight of the old buffer
     damp = t(1.0 - dampening)
+    if first:
+        keep = t(0.0)
+        damp = t(1.0)
     wd = t(weight_decay)
     if momentum == 0.0:
         for i in range(p.size):
@@ -56,13 +63,13 @@ def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov):
     elif nesterov:
         for i in range(p.size):
             d = g[i] + wd * p[i]
-            vi = mu * v[i] + damp * d
+            vi = keep * v[i] + damp * d
             v[i] = vi
             p[i] -= lr_ * (d + mu * vi)
     else:
         for i in range(p.size):
             d = g[i] + wd * p[i]
-            vi = mu * v[i] + damp * d
+            vi = keep * v[i] + damp * d
             v[i] = vi
             p[i] -= lr_ * vi
 
@@ -100,4 +107,4 @@ def apply_update(kind, p, g, s1, s2, hp, step):
     if kind == ADAM:
         adam_update(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
     else:
-        sgd_update(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0)
+        sgd_update(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
