@@ -87,22 +87,12 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
 
 
 @njit(**JIT)
-def backward(
-    params, grads, widths, codes, alpha, x, acts, delta_a, delta_b,
-    update, opt_kind, hp, s1, s2, step,
-):
+def backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b):
     """Backward pass after ``forward_loss`` (whose output gradient is in
-    delta_a); fills ``grads`` and returns (l2_term, ok).
+    delta_a); fills ``grads`` and returns the L2 term of the loss.
 
     The L2 term is ``alpha / (2 m) * sum(W**2)`` (scikit-learn's scaling)
-    and adds ``alpha / m * W`` to each dW.  With ``update`` true, each layer
-    is updated by the optimizer as soon as its gradient is complete and its
-    old weights have been used for dH of the layer below: its W, dW and b
-    are still in cache, which made a step of the 784-256-128-10 network at
-    batch 64 about 15 % faster than one update pass at the end
-    (docs/performance.md).  A layer whose gradient is not finite is not
-    updated and the walk stops with ok false (layers above it were
-    already updated; their parameters are finite).
+    and adds ``alpha / m * W`` to each dW.
     """
     m = x.shape[0]
     L = widths.size - 1
@@ -142,14 +132,8 @@ def backward(
         if k > 0:
             matmul(da, W.T, view2d(other, 0, m, d_in))
             cur, other = other, cur
-        if update:
-            g = grads[w_off:p_end]
-            if not all_finite(g):
-                return params.dtype.type(0.5) * reg * l2, False
-            apply_update(opt_kind, params[w_off:p_end], g, s1[w_off:p_end],
-                         s2[w_off:p_end], hp, step)
         p_end = w_off
-    return params.dtype.type(0.5) * reg * l2, True
+    return params.dtype.type(0.5) * reg * l2
 
 
 @njit(**JIT)
@@ -162,8 +146,7 @@ def loss_and_grad(
     (loss, n_correct)."""
     loss, correct = forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw,
                                  acts, delta_a, rw)
-    l2, _ = backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b,
-                     False, 0, rw[:0].astype(np.float64), params[:0], params[:0], 0)
+    l2 = backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
     return loss + l2, correct
 
 
@@ -175,16 +158,20 @@ def train_step(
     """One step on the contiguous batch x: forward, loss, backward and the
     optimizer update (state s1, s2; ``step`` updates so far).
     Returns (status, loss, n_correct, step): status 0 is success, 1 a
-    non-finite loss (nothing updated), 2 a non-finite gradient."""
+    non-finite loss, 2 a non-finite gradient; then nothing is updated.
+
+    (Updating each layer inside ``backward`` while its W and dW are in
+    cache measured no faster than this separate pass, and would leave a
+    half-updated network when a lower layer's gradient is not finite.)"""
     loss, c = forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts,
                            delta_a, rw)
     if not np.isfinite(loss):
         return 1, loss, c, step
-    l2, ok = backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b,
-                      True, opt_kind, hp, s1, s2, step + 1)
-    if not ok:
-        return 2, loss + l2, c, step
-    return 0, loss + l2, c, step + 1
+    loss += backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
+    if not all_finite(grads):
+        return 2, loss, c, step
+    apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    return 0, loss, c, step + 1
 
 
 @njit(**JIT)
@@ -200,8 +187,8 @@ def train_epoch(
     computes loss and gradients, checks them and updates ``params`` in place
     with the optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far).
     Returns (status, batch, loss_sum, n_correct, step): status 0 is success;
-    1 means the loss of batch ``batch`` was not finite (its update was not
-    applied) and 2 that a gradient was not (see ``backward``).
+    1 means the loss of batch ``batch`` was not finite and 2 that a
+    gradient was not; that batch's update was not applied.
     loss_sum is sum over batches of batch_loss * batch_rows (float64).
     """
     n = perm.size
