@@ -1,69 +1,359 @@
-"""The ``fastbp`` command."""
+"""The ``fastbp`` command: ``train``, ``predict``, ``evaluate``, ``bench``.
+
+See docs/cli.md.  Every error (bad option, unreadable file, data that does
+not fit the model) is one line ``fastbp: error: ...`` on stderr with exit
+status 2; a diverging training run exits with status 1.
+"""
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
 
-def _train(args):
+class _CliError(Exception):
+    """An error reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"fastbp: error: {message}\n")
+        sys.exit(2)
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}")
+    return v
+
+
+def _float_in(lo, hi, lo_open=False, name="value"):
+    def conv(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number; got {s!r}") from None
+        if not np.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            left = "(" if lo_open else "["
+            raise argparse.ArgumentTypeError(f"expected a number in {left}{lo}, {hi}]; got {s!r}")
+        return v
+    return conv
+
+
+def _layers(s):
+    try:
+        out = [int(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated hidden widths such as 256,128; got {s!r}") from None
+    if any(w < 1 for w in out):
+        raise argparse.ArgumentTypeError(f"hidden widths must be positive; got {s!r}")
+    return out
+
+
+def _target(s):
+    if s is None:
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        return s
+
+
+def _is_regression(y, task):
+    if task != "auto":
+        return task == "regression"
+    if not np.issubdtype(y.dtype, np.number):
+        return False
+    return not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0))
+
+
+def _load_training_data(args):
     import fastbp as fb
 
     if args.data:
-        X, y = fb.load_data(args.data, args.target)
+        X, y = fb.load_data(args.data, _target(args.target))
     else:
-        X, y = fb.load_digits(dtype=args.dtype)
-    Xtr, Xte, ytr, yte = fb.train_test_split(X, y, test_size=args.validation_split,
-                                             seed=args.seed)
-    n_classes = int(np.max(y)) + 1
-    layers = [int(s) for s in args.layers.split(",") if s.strip()] if args.layers else []
-    model = fb.MLP([X.shape[1], *layers, n_classes], activation=args.activation,
-                   dtype=args.dtype, seed=args.seed)
-    opt = fb.SGD(lr=args.lr, momentum=0.9) if args.optimizer == "sgd" else fb.Adam(lr=args.lr)
-    print(f"{model}: {model.n_params} parameters, {Xtr.shape[0]} training rows, "
-          f"{Xte.shape[0]} validation rows")
-    for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        h = model.fit(Xtr, ytr, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                      validation_data=(Xte, yte))
-        dt = time.perf_counter() - t0
-        print(f"epoch {epoch:3d}  loss {h['loss'][0]:.4f}  acc {h['accuracy'][0]:.4f}  "
-              f"val_loss {h['val_loss'][0]:.4f}  val_acc {h['val_accuracy'][0]:.4f}  "
-              f"({dt * 1e3:.1f} ms)")
+        if args.target is not None:
+            raise _CliError("--target needs --data")
+        X, y = fb.load_digits(dtype="float64")
+    X = np.asarray(X, dtype=args.dtype)
+    y = np.asarray(y)
+    regression = _is_regression(y, args.task)
+    if regression:
+        try:
+            y = y.astype(args.dtype)
+        except ValueError:
+            raise _CliError("--task regression needs numeric targets") from None
+        classes = None
+    else:
+        classes, y = np.unique(y, return_inverse=True)
+        if classes.size < 2:
+            raise _CliError(f"classification needs at least 2 classes in the target; got {classes.size}")
+        if not (np.issubdtype(classes.dtype, np.integer) or np.all(np.mod(classes, 1) == 0)) \
+                or classes[0] != 0 or classes[-1] != classes.size - 1:
+            print(f"note: labels {classes.tolist()[:10]}{'...' if classes.size > 10 else ''} "
+                  f"are numbered 0..{classes.size - 1} in this order", file=sys.stderr)
+    return X, y.reshape(-1), regression, classes
+
+
+def _plot(history, path, regression):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("loss", "val_loss")] + ([] if regression else [("accuracy", "val_accuracy")])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+    axes = np.atleast_1d(axes)
+    for ax, (tr, va) in zip(axes, keys):
+        ep = np.arange(1, len(history[tr]) + 1)
+        ax.plot(ep, history[tr], label="train")
+        if va in history:
+            ax.plot(ep, history[va], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(tr)
+        ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _train(args):
+    import fastbp as fb
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise _CliError("--plot needs matplotlib (pip install matplotlib)") from None
+    X, y, regression, _ = _load_training_data(args)
+    if args.validation_split > 0:
+        Xtr, Xva, ytr, yva = fb.train_test_split(X, y, test_size=args.validation_split,
+                                                 seed=args.seed)
+        if Xtr.shape[0] == 0 or Xva.shape[0] == 0:
+            raise _CliError(f"--validation-split {args.validation_split} leaves an empty set "
+                            f"with {X.shape[0]} rows")
+        val = (Xva, yva)
+    else:
+        Xtr, ytr, val = X, y, None
+    n_out = 1 if regression else int(y.max()) + 1
+    model = fb.MLP([X.shape[1], *args.layers, n_out], activation=args.activation,
+                   output="identity" if regression else "softmax", dtype=args.dtype,
+                   seed=args.seed, alpha=args.alpha)
+    if args.optimizer == "sgd":
+        opt = fb.SGD(lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    else:
+        opt = fb.Adam(lr=args.lr)
+    task = "regression" if regression else "classification"
+    print(f"{model}: {model.n_params} parameters, {task}, {Xtr.shape[0]} training rows, "
+          f"{0 if val is None else val[0].shape[0]} validation rows")
+    bar = None
+    if args.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.epochs, unit="epoch", desc="train", file=sys.stderr)
+    write = bar.write if bar is not None else print
+    history = {}
+    try:
+        for epoch in range(1, args.epochs + 1):
+            t0 = time.perf_counter()
+            h = model.fit(Xtr, ytr, epochs=1, batch_size=args.batch_size, optimizer=opt,
+                          validation_data=val)
+            dt = time.perf_counter() - t0
+            for k, vals in h.items():
+                history.setdefault(k, []).append(vals[0])
+            parts = [f"epoch {epoch:3d}", f"loss {h['loss'][0]:.4f}"]
+            for k in ("accuracy", "val_loss", "val_accuracy"):
+                if k in h:
+                    parts.append(f"{'acc' if k == 'accuracy' else k.replace('accuracy', 'acc')} "
+                                 f"{h[k][0]:.4f}")
+            write("  ".join(parts) + f"  ({dt * 1e3:.1f} ms)")
+            if bar is not None:
+                post = {"loss": f"{h['loss'][0]:.4f}"}
+                if "accuracy" in h:
+                    post["acc"] = f"{h['accuracy'][0]:.4f}"
+                bar.set_postfix(post)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
+    if args.plot:
+        _plot(history, args.plot, regression)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _load_model(path):
+    import fastbp as fb
+
+    if not os.path.exists(path):
+        raise _CliError(f"model file not found: {path}")
+    return fb.MLP.load(path)
+
+
+def _read_table(path):
+    ext = os.path.splitext(path)[1].lower()
+    header = None
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        if "X" in arrays:
+            return arrays["X"], None, arrays
+        if len(arrays) == 1:
+            return next(iter(arrays.values())), None, arrays
+        raise _CliError(f"{path} must hold an array 'X' (arrays: {', '.join(arrays)})")
+    if ext == ".npy":
+        return np.load(path, allow_pickle=False), None, None
+    if ext == ".csv":
+        with open(path) as f:
+            first = f.readline().strip().split(",")
+        try:
+            [float(t) for t in first]
+            skip = 0
+        except ValueError:
+            header = [t.strip() for t in first]
+            skip = 1
+        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), header, None
+    raise _CliError(f"unsupported data file {path}: expected .npz, .npy or .csv")
+
+
+def _features(path, n_in, target):
+    """Feature matrix of a data file, dropping a target column when present."""
+    if not os.path.exists(path):
+        raise _CliError(f"data file not found: {path}")
+    try:
+        data, header, _ = _read_table(path)
+    except (OSError, ValueError) as exc:
+        raise _CliError(f"cannot read {path}: {exc}") from None
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise _CliError(f"{path} must hold a 2-D table; got shape {data.shape}")
+    if data.shape[1] == n_in + 1:
+        col = -1
+        if isinstance(target, int):
+            col = target
+        elif target is not None and header is not None and target in header:
+            col = header.index(target)
+        data = np.delete(data, col, axis=1)
+    if data.shape[1] != n_in:
+        raise _CliError(f"{path} has {data.shape[1]} feature columns; the model expects {n_in}")
+    return data
+
+
+def _predict(args):
+    model = _load_model(args.model)
+    X = _features(args.data, int(model.widths[0]), _target(args.target)).astype(model.dtype)
+    pred = model.predict(X)
+    if args.out:
+        tmp = f"{args.out}.tmp"
+        fmt = "%d" if model.output == "softmax" else "%.8g"
+        np.savetxt(tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=",")
+        os.replace(tmp, args.out)
+        print(f"wrote {pred.shape[0]} predictions to {args.out}")
+    else:
+        for p in np.atleast_2d(pred.T).T:
+            print(",".join(str(v) for v in p))
+    return 0
+
+
+def _evaluate(args):
+    import fastbp as fb
+
+    model = _load_model(args.model)
+    X, y = fb.load_data(args.data, _target(args.target))
+    X = np.asarray(X, dtype=model.dtype)
+    if model.output == "softmax":
+        y = np.asarray(y)
+        if not np.all(np.mod(y, 1) == 0):
+            raise _CliError("the model classifies; the target column must hold integer labels")
+        y = y.astype(np.int64)
+    scores = model.evaluate(X, y)
+    line = f"loss {scores['loss']:.4f}"
+    if "accuracy" in scores:
+        line += f"  accuracy {scores['accuracy']:.4f}"
+    else:
+        line += f"  r2 {model.score(X, y):.4f}"
+    print(f"{line}  ({X.shape[0]} rows)")
     return 0
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="fastbp", description="Train dense networks fast.")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train an MLP classifier (built-in digits by default)")
+    p = _Parser(prog="fastbp", description="Train dense neural networks fast (Numba kernels).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train an MLP (built-in digits data by default)")
     t.add_argument("--data", help=".npz, .npy or .csv file (default: built-in digits)")
-    t.add_argument("--target", help="target column (name or index) or .npz array name")
-    t.add_argument("--layers", default="128", help="hidden widths, e.g. 256,128")
-    t.add_argument("--activation", default="relu")
+    t.add_argument("--target", help="target column (name or index) or .npz array name "
+                   "(default: last column, or array 'y')")
+    t.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+                   help="auto: regression when the target has non-integer values")
+    t.add_argument("--layers", type=_layers, default=[128], help="hidden widths, e.g. 256,128")
+    t.add_argument("--activation", default="relu", choices=["relu", "tanh", "sigmoid", "identity"])
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=_float_in(0, 1e6, lo_open=True), default=0.05)
+    t.add_argument("--momentum", type=_float_in(0, 1), default=0.9)
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    t.add_argument("--alpha", type=_float_in(0, 1e6), default=0.0, help="L2 penalty")
+    t.add_argument("--epochs", type=_positive_int, default=20)
+    t.add_argument("--batch-size", type=_positive_int, default=32)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--validation-split", type=float, default=0.2)
+    t.add_argument("--validation-split", type=_float_in(0, 0.99), default=0.2)
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--out", help="save the trained model to this .npz file")
+    t.add_argument("--plot", metavar="PNG", help="write training curves (needs matplotlib)")
+    t.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
     t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="predict with a saved model")
+    pr.add_argument("model", help="model file written by `fastbp train --out`")
+    pr.add_argument("--data", required=True, help=".npz, .npy or .csv features "
+                    "(a target column, if present, is dropped)")
+    pr.add_argument("--target", help="target column to drop (name or index)")
+    pr.add_argument("--out", help="write predictions to this .csv (default: stdout)")
+    pr.set_defaults(func=_predict)
+
+    ev = sub.add_parser("evaluate", help="loss and accuracy (or R^2) of a saved model")
+    ev.add_argument("model")
+    ev.add_argument("--data", required=True, help=".npz, .npy or .csv with targets")
+    ev.add_argument("--target", help="target column (name or index) or .npz array name")
+    ev.set_defaults(func=_evaluate)
+
+    sub.add_parser("bench", help="benchmarks (arguments go to fastbp.bench)", add_help=False)
     return p
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        try:
+            from . import bench
+        except ImportError as exc:
+            print(f"fastbp: error: fastbp bench is not available ({exc})", file=sys.stderr)
+            return 2
+        return bench.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    import fastbp as fb
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except fb.DivergenceError as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
+        return 1
+    except (_CliError, ValueError, TypeError, OSError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fastbp: error: {msg}", file=sys.stderr)
         return 2
 
 

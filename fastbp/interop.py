@@ -1,0 +1,194 @@
+"""Move weights between fastbp and PyTorch or scikit-learn.
+
+* ``from_torch(module_or_state_dict, activation="relu", output="softmax")``
+  -> ``fb.MLP`` from an ``nn.Sequential`` of ``nn.Linear`` layers (with
+  ``nn.ReLU`` / ``nn.Tanh`` / ``nn.Sigmoid`` / ``nn.Identity`` between them,
+  read from the module) or from its ``state_dict`` (then ``activation`` says
+  which hidden activation to use).
+* ``to_torch(model)`` -> ``nn.Sequential`` computing the same outputs (logits
+  for a softmax model: apply ``softmax`` yourself).
+* ``from_sklearn(est)`` -> ``fb.MLP`` from a fitted
+  ``sklearn.neural_network.MLPClassifier`` / ``MLPRegressor`` (or a
+  ``fastbp.sklearn`` estimator).  A binary scikit-learn classifier, which
+  has one logistic output unit ``z``, becomes a two-class softmax
+  with logits ``(0, z)``: ``softmax((0, z))[1] == sigmoid(z)`` exactly.
+* ``to_sklearn(model, X, y)`` -> a fitted scikit-learn estimator carrying the
+  model's weights.  scikit-learn builds an MLP's internal structures only in
+  ``fit``, so ``X`` and ``y`` (a few rows suffice) are used for one tiny fit
+  whose weights are then overwritten.
+
+PyTorch's ``nn.Linear`` stores ``weight`` as ``(out, in)`` and computes
+``x @ weight.T + bias``; fastbp's ``W`` is ``(in, out)``, so ``W = weight.T``.
+Neither peer is imported unless these functions are called.
+"""
+
+import warnings
+
+import numpy as np
+
+from .network import MLP
+
+__all__ = ["from_sklearn", "from_torch", "to_sklearn", "to_torch"]
+
+_TORCH_ACTS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Identity": "identity"}
+_SK_ACTS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_SK_ACTS_BACK = {v: k for k, v in _SK_ACTS.items()}
+
+
+def _set_params(model, Ws, bs):
+    for (W, b), Wn, bn in zip(model.params, Ws, bs):
+        W[...] = Wn
+        b[...] = bn
+    return model
+
+
+def from_torch(module, activation="relu", output="softmax", dtype="float32"):
+    """An ``fb.MLP`` with the weights of a PyTorch MLP.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential or dict
+        A Sequential of ``Linear`` layers and activation modules, or its
+        ``state_dict`` (keys ``*.weight`` / ``*.bias`` in layer order).
+    activation : str or list of str
+        Hidden activation(s); used only for a state_dict.
+    output : {"softmax", "identity"}
+        How the model treats the last layer's outputs.
+    dtype : {"float32", "float64"}
+    """
+    if isinstance(module, dict):
+        state = module
+        acts = activation
+    else:
+        from torch import nn
+
+        if not isinstance(module, nn.Sequential):
+            raise TypeError(f"module must be an nn.Sequential or a state_dict; got {type(module).__name__}")
+        linears, acts = [], []
+        for i, layer in enumerate(module):
+            name = type(layer).__name__
+            if isinstance(layer, nn.Linear):
+                if len(linears) > len(acts):
+                    acts.append("identity")
+                linears.append(layer)
+            elif name in _TORCH_ACTS:
+                if len(linears) != len(acts) + 1:
+                    raise ValueError(f"layer {i} ({name}) must follow a Linear layer")
+                acts.append(_TORCH_ACTS[name])
+            else:
+                raise ValueError(f"layer {i} ({name}) is not supported: only Linear, ReLU, "
+                                 "Tanh, Sigmoid and Identity")
+        if not linears:
+            raise ValueError("module has no Linear layer")
+        if len(acts) == len(linears):
+            if acts[-1] != "identity":
+                raise ValueError("a final activation after the last Linear is not supported; "
+                                 "the output is set by `output` (softmax or identity)")
+            acts = acts[:-1]
+        state = {}
+        for k, lin in enumerate(linears):
+            state[f"{k}.weight"] = lin.weight
+            state[f"{k}.bias"] = lin.bias
+    weights = [k for k in state if k.endswith("weight")]
+    Ws, bs = [], []
+    for k in weights:
+        w = state[k].detach().cpu().numpy() if hasattr(state[k], "detach") else np.asarray(state[k])
+        bkey = k[: -len("weight")] + "bias"
+        if bkey in state and state[bkey] is not None:
+            b = state[bkey]
+            b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
+        else:
+            b = np.zeros(w.shape[0])
+        Ws.append(w.T)
+        bs.append(b)
+    if not Ws:
+        raise ValueError("state_dict has no '*.weight' entries")
+    widths = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
+    for k in range(1, len(Ws)):
+        if Ws[k].shape[0] != Ws[k - 1].shape[1]:
+            raise ValueError(f"layer {k} expects {Ws[k].shape[0]} inputs but layer {k - 1} "
+                             f"gives {Ws[k - 1].shape[1]}")
+    if isinstance(acts, list) and len(acts) == 0:
+        acts = "relu"
+    model = MLP(widths, activation=acts, output=output, dtype=dtype, seed=0)
+    return _set_params(model, Ws, bs)
+
+
+def to_torch(model):
+    """An ``nn.Sequential`` (float32 or float64 as the model) computing the
+    model's raw outputs (logits for a softmax model)."""
+    import torch
+    from torch import nn
+
+    layers = []
+    tdtype = torch.float64 if model.dtype == np.float64 else torch.float32
+    mods = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    acts = model.activations
+    for k, (W, b) in enumerate(model.params):
+        lin = nn.Linear(W.shape[0], W.shape[1], dtype=tdtype)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+            lin.bias.copy_(torch.from_numpy(b.copy()))
+        layers.append(lin)
+        if k < model.n_layers - 1 and acts[k] in mods:
+            layers.append(mods[acts[k]]())
+    return nn.Sequential(*layers)
+
+
+def from_sklearn(est, dtype="float64"):
+    """An ``fb.MLP`` with the weights of a fitted scikit-learn MLP."""
+    if not hasattr(est, "coefs_"):
+        raise ValueError("the estimator must be fitted (it has no coefs_)")
+    Ws = [np.asarray(W) for W in est.coefs_]
+    bs = [np.asarray(b) for b in est.intercepts_]
+    out_act = getattr(est, "out_activation_", "identity")
+    if out_act == "logistic":
+        if len(getattr(est, "classes_", [])) != 2:
+            raise ValueError("multilabel classifiers (logistic outputs) are not supported")
+        Ws[-1] = np.hstack([np.zeros_like(Ws[-1]), Ws[-1]])
+        bs[-1] = np.concatenate([np.zeros_like(bs[-1]), bs[-1]])
+        output = "softmax"
+    elif out_act == "softmax":
+        output = "softmax"
+    else:
+        output = "identity"
+    widths = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
+    model = MLP(widths, activation=_SK_ACTS[est.activation], output=output, dtype=dtype,
+                seed=0, alpha=float(getattr(est, "alpha", 0.0)))
+    return _set_params(model, Ws, bs)
+
+
+def to_sklearn(model, X, y):
+    """A fitted ``sklearn.neural_network`` estimator with the model's weights.
+
+    ``X``, ``y``: a few rows of the data (all classes present for a
+    classifier; labels 0..n_classes-1), used to set up scikit-learn's
+    structures in a one-iteration fit; the weights are then replaced.
+    A two-class softmax model becomes a one-unit logistic classifier with
+    ``z = z_1 - z_0``, which gives the same probabilities.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    acts = set(model.activations[:-1])
+    if len(acts) > 1:
+        raise ValueError("scikit-learn MLPs use one activation for all hidden layers")
+    act = _SK_ACTS_BACK[acts.pop() if acts else "identity"]
+    hidden = tuple(int(w) for w in model.widths[1:-1])
+    cls = MLPClassifier if model.output == "softmax" else MLPRegressor
+    est = cls(hidden_layer_sizes=hidden, activation=act, max_iter=1, alpha=model.alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    Ws = [np.array(W, dtype=np.float64) for W, _ in model.params]
+    bs = [np.array(b, dtype=np.float64) for _, b in model.params]
+    if model.output == "softmax" and model.widths[-1] == 2:
+        Ws[-1] = (Ws[-1][:, 1] - Ws[-1][:, 0])[:, None]
+        bs[-1] = bs[-1][1:] - bs[-1][:1]
+    for k, (W, b) in enumerate(zip(Ws, bs)):
+        if est.coefs_[k].shape != W.shape or est.intercepts_[k].shape != b.shape:
+            raise ValueError(f"X and y do not match the model: layer {k} has shape {W.shape}, "
+                             f"scikit-learn built {est.coefs_[k].shape}")
+        est.coefs_[k] = W
+        est.intercepts_[k] = b
+    return est
