@@ -1,0 +1,497 @@
+"""Side-by-side speed comparison: ``python -m fastbp.bench`` (or ``fastbp bench``).
+
+For each (network, batch) it times one full training step (forward,
+softmax cross-entropy, backward, SGD-momentum update) for fastbp (epoch path
+and ``train_on_batch``), a plain NumPy implementation, the GEMM floor (only
+the matrix products a step needs, into preallocated outputs) and, when
+installed, PyTorch eager and ``jax.jit``.  Implementations are interleaved
+round-robin and repeated in one run; medians and ratios are reported.
+"""
+
+import argparse
+import datetime
+import itertools
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+
+DEFAULT_SIZES = "64-128-10:32,784-256-128-10:64,784-256-128-10:512,1024-2048-2048-10:1024"
+QUICK_SIZES = "64-128-10:32,784-256-128-10:64"
+
+# (max fastbp/floor, max fastbp/torch) from issue 3, keyed by (widths, batch)
+TARGETS = {
+    ((64, 128, 10), 32): (1.3, 0.12),
+    ((784, 256, 128, 10), 64): (1.15, 0.5),
+    ((784, 256, 128, 10), 512): (1.1, None),
+    ((1024, 2048, 2048, 10), 1024): (1.05, 1.0),
+}
+LR, MOMENTUM = 0.01, 0.9
+
+
+def parse_sizes(text):
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        net, _, batch = item.partition(":")
+        widths = tuple(int(w) for w in net.split("-"))
+        if len(widths) < 2 or not batch:
+            raise ValueError(f"--sizes: expected items like 64-128-10:32; got {item!r}")
+        out.append((widths, int(batch)))
+    return out
+
+
+def _init_params(widths, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params = []
+    for d_in, d_out in itertools.pairwise(widths):
+        W = (rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / d_in)).astype(dtype)
+        params.append([W, np.zeros(d_out, dtype)])
+    return params
+
+
+def _data(widths, n, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, widths[0])).astype(dtype)
+    y = rng.integers(0, widths[-1], n).astype(np.int64)
+    return X, y
+
+
+# --------------------------------------------------------------------------
+# the implementations: each maker returns a zero-argument callable = 1 step
+
+
+class NumpyMLP:
+    """A plain NumPy MLP step written the way a user would write it."""
+
+    def __init__(self, widths, dtype):
+        self.params = _init_params(widths, dtype)
+        self.vel = [[np.zeros_like(W), np.zeros_like(b)] for W, b in self.params]
+
+    def step(self, X, y, lr=LR, momentum=MOMENTUM):
+        hs = [X]
+        L = len(self.params)
+        for k, (W, b) in enumerate(self.params):
+            a = hs[-1] @ W + b
+            hs.append(np.maximum(a, 0) if k < L - 1 else a)
+        logits = hs[-1]
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        n = X.shape[0]
+        loss = float(np.mean(np.log(s[:, 0]) - z[np.arange(n), y]))
+        d = e / s
+        d[np.arange(n), y] -= 1
+        d /= n
+        grads = [None] * L
+        for k in range(L - 1, -1, -1):
+            W = self.params[k][0]
+            grads[k] = (hs[k].T @ d, d.sum(axis=0))
+            if k > 0:
+                d = (d @ W.T) * (hs[k] > 0)
+        for (W, b), (vW, vb), (gW, gb) in zip(self.params, self.vel, grads):
+            vW *= momentum
+            vW += gW
+            vb *= momentum
+            vb += gb
+            W -= lr * vW
+            b -= lr * vb
+        return loss
+
+
+def make_numpy(widths, batch, dtype):
+    net = NumpyMLP(widths, dtype)
+    X, y = _data(widths, batch, dtype)
+    return lambda: net.step(X, y)
+
+
+def make_floor(widths, batch, dtype):
+    """Only the matrix products of one step, into preallocated outputs."""
+    params = _init_params(widths, dtype)
+    X, _ = _data(widths, batch, dtype)
+    hs = [X] + [np.zeros((batch, d), dtype) for d in widths[1:]]
+    ds = [np.zeros((batch, d), dtype) for d in widths[1:]]
+    dWs = [np.zeros_like(W) for W, _ in params]
+    dhs = [np.zeros((batch, d), dtype) for d in widths[:-1]]
+    L = len(params)
+    matmul = np.matmul
+
+    def step():
+        for k in range(L):
+            matmul(hs[k], params[k][0], out=hs[k + 1])
+        for k in range(L - 1, -1, -1):
+            matmul(hs[k].T, ds[k], out=dWs[k])
+            if k > 0:
+                matmul(ds[k], params[k][0].T, out=dhs[k])
+    return step
+
+
+def make_fastbp_step(widths, batch, dtype):
+    import fastbp as fb
+    model = fb.MLP(list(widths), activation="relu", dtype=dtype, seed=0)
+    opt = fb.SGD(lr=LR, momentum=MOMENTUM)
+    X, y = _data(widths, batch, dtype)
+    model.train_on_batch(X, y, optimizer=opt)
+    return lambda: model.train_on_batch(X, y)
+
+
+def make_fastbp_epoch(widths, batch, dtype, n_batches):
+    """Returns (callable = 1 epoch of n_batches steps, n_batches)."""
+    import fastbp as fb
+    model = fb.MLP(list(widths), activation="relu", dtype=dtype, seed=0)
+    opt = fb.SGD(lr=LR, momentum=MOMENTUM)
+    X, y = _data(widths, batch * n_batches, dtype)
+    model.fit(X, y, epochs=1, batch_size=batch, optimizer=opt)
+    return lambda: model.fit(X, y, epochs=1, batch_size=batch)
+
+
+def make_torch(widths, batch, dtype, compiled=False):
+    import torch
+    layers = []
+    for k, (d_in, d_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(torch.nn.Linear(d_in, d_out))
+        if k < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    net = torch.nn.Sequential(*layers).to(tdtype)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    X, y = _data(widths, batch, dtype)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(Xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+    if compiled:
+        step = torch.compile(step)
+    return step
+
+
+def make_jax(widths, batch, dtype):
+    import jax
+    import jax.numpy as jnp
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in _init_params(widths, dtype)]
+    vel = [(jnp.zeros_like(W), jnp.zeros_like(b)) for W, b in params]
+    X, y = _data(widths, batch, dtype)
+    Xj, yj = jnp.asarray(X), jnp.asarray(y.astype(np.int32))
+
+    def loss_fn(params, X, y):
+        h = X
+        for k, (W, b) in enumerate(params):
+            h = h @ W + b
+            if k < len(params) - 1:
+                h = jax.nn.relu(h)
+        logp = jax.nn.log_softmax(h)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, vel, X, y):
+        loss, g = jax.value_and_grad(loss_fn)(params, X, y)
+        vel = jax.tree_util.tree_map(lambda v, gi: MOMENTUM * v + gi, vel, g)
+        params = jax.tree_util.tree_map(lambda p, v: p - LR * v, params, vel)
+        return params, vel, loss
+
+    state = [params, vel]
+
+    def step():
+        p, v, loss = update(state[0], state[1], Xj, yj)
+        loss.block_until_ready()
+        state[0], state[1] = p, v
+    return step
+
+
+# --------------------------------------------------------------------------
+# timing
+
+
+def _calibrate(fn, min_time):
+    """Number of calls so that one sample lasts about min_time seconds."""
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return max(1, int(min_time / max(dt, 1e-9)))
+
+
+def measure(impls, repeats, min_time):
+    """impls: {name: (fn, steps_per_call)}.  Round-robin: every repeat times
+    each implementation once (order rotated).  Returns {name: [s/step]}."""
+    loops = {}
+    for name, (fn, _) in impls.items():
+        for _ in range(2):  # warm-up (compile, caches, allocator)
+            fn()
+        loops[name] = _calibrate(fn, min_time)
+    samples = {name: [] for name in impls}
+    names = list(impls)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            fn, steps = impls[name]
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / (n * steps))
+    return samples
+
+
+def _fmt(sec):
+    if sec >= 1e-1:
+        return f"{sec:8.3f} s "
+    if sec >= 1e-3:
+        return f"{sec * 1e3:8.3f} ms"
+    return f"{sec * 1e6:8.1f} us"
+
+
+def _iqr_pct(xs):
+    q1, q2, q3 = np.percentile(xs, [25, 50, 75])
+    return 100.0 * (q3 - q1) / q2
+
+
+def _verdict(ratio, target):
+    if target is None or ratio is None:
+        return ""
+    return f"<= {target:<5g} {'PASS' if ratio <= target else 'MISS'}"
+
+
+# --------------------------------------------------------------------------
+# machine info
+
+
+def machine_info():
+    lines = []
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import numba
+    lines.append(f"date     : {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
+    lines.append(f"cpu      : {cpu}; {os.cpu_count()} logical cores"
+                 f" ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable)")
+    lines.append(f"python   : {platform.python_version()} on {platform.platform()}")
+    import fastbp
+    vers = [f"fastbp {getattr(fastbp, '__version__', '?')}", f"numpy {np.__version__}",
+            f"numba {numba.__version__}"]
+    for mod in ("scipy", "sklearn", "torch", "jax"):
+        try:
+            vers.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    lines.append("versions : " + ", ".join(vers))
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            lines.append(f"pool     : {lib.get('user_api')} {lib.get('internal_api')} "
+                         f"{lib.get('version')} arch={lib.get('architecture', '-')} "
+                         f"threads={lib.get('num_threads')} "
+                         f"({os.path.basename(lib.get('filepath', ''))})")
+    except ImportError:
+        lines.append("pool     : threadpoolctl not installed")
+    lines.append(f"threads  : {fastbp.get_num_threads()}")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if os.environ.get(var):
+            lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which OpenBLAS "
+                         "kernels run and skews the comparison with NumPy. Unset it to measure.")
+    if not os.environ.get("OMP_WAIT_POLICY"):
+        lines.append("note     : OMP_WAIT_POLICY is unset; with several OpenMP pools in one process "
+                     "(Numba, torch) spinning threads can slow torch many-fold on few cores. "
+                     "OMP_WAIT_POLICY=PASSIVE gives fairer peer timings.")
+    return lines
+
+
+# --------------------------------------------------------------------------
+# the extra checks: digits epoch vs scikit-learn, cold/warm start, allocation
+
+
+def digits_epoch(repeats, dtype="float32"):
+    import fastbp as fb
+    from fastbp.datasets import load_digits
+    X, y = load_digits(dtype=dtype)
+    model = fb.MLP([64, 128, 10], activation="relu", dtype=dtype, seed=0)
+    model.fit(X, y, epochs=1, batch_size=32, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+    impls = {"fastbp": (lambda: model.fit(X, y, epochs=1, batch_size=32), 1)}
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+        Xs = X.astype(np.float64)
+
+        def sk():
+            clf = MLPClassifier(hidden_layer_sizes=(128,), solver="sgd", batch_size=32,
+                                learning_rate_init=LR, momentum=MOMENTUM, nesterovs_momentum=False,
+                                max_iter=1, shuffle=True, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(Xs, y)
+        impls["sklearn"] = (sk, 1)
+    except ImportError:
+        pass
+    return measure(impls, repeats, 0.05)
+
+
+_COLD_SCRIPT = r"""
+import time
+t0 = time.perf_counter()
+import numpy as np
+import fastbp as fb
+m = fb.MLP([64, 128, 10], activation="relu", dtype="float32", seed=0)
+X = np.zeros((32, 64), np.float32); y = np.zeros(32, np.int64)
+m.train_on_batch(X, y, optimizer=fb.SGD(lr=0.01, momentum=0.9))
+print(time.perf_counter() - t0)
+"""
+
+
+def startup_times():
+    """(cold, warm) seconds for import + first training step in a fresh process."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        out = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", _COLD_SCRIPT], env=env,
+                               capture_output=True, text=True, check=True)
+            out.append(float(r.stdout.strip().splitlines()[-1]))
+        return out[0], out[1]
+
+
+def fit_peak_memory(dtype="float32"):
+    """tracemalloc peak (bytes) of fit over 1 and 5 epochs (model prepared first)."""
+    import fastbp as fb
+    X, y = _data((64, 128, 10), 2048, dtype)
+    model = fb.MLP([64, 128, 10], activation="relu", dtype=dtype, seed=0)
+    opt = fb.SGD(lr=LR, momentum=MOMENTUM)
+    model.fit(X, y, epochs=1, batch_size=32, optimizer=opt)
+    peaks = []
+    for epochs in (1, 5):
+        tracemalloc.start()
+        model.fit(X, y, epochs=epochs, batch_size=32)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return peaks
+
+
+# --------------------------------------------------------------------------
+
+
+def build_impls(widths, batch, dtype, n_batches, with_torch_compile):
+    impls = {
+        "floor": (make_floor(widths, batch, dtype), 1),
+        "fastbp-epoch": (make_fastbp_epoch(widths, batch, dtype, n_batches), n_batches),
+        "fastbp-step": (make_fastbp_step(widths, batch, dtype), 1),
+        "numpy": (make_numpy(widths, batch, dtype), 1),
+    }
+    try:
+        import torch  # noqa: F401
+        impls["torch"] = (make_torch(widths, batch, dtype), 1)
+        if with_torch_compile:
+            impls["torch.compile"] = (make_torch(widths, batch, dtype, compiled=True), 1)
+    except ImportError:
+        pass
+    try:
+        import jax
+        if np.dtype(dtype) == np.float64:
+            jax.config.update("jax_enable_x64", True)
+        impls["jax.jit"] = (make_jax(widths, batch, dtype), 1)
+    except ImportError:
+        pass
+    return impls
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="fastbp bench", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default=None,
+                   help='networks and batches, e.g. "64-128-10:32,784-256-128-10:64"')
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 15)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds per timed sample (default 0.05)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for fastbp (Numba + BLAS) and torch")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip digits-vs-sklearn, startup and allocation checks")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    args = p.parse_args(argv)
+
+    repeats = args.repeats or (5 if args.quick else 15)
+    min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.05)
+    sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+
+    import fastbp as fb
+    if args.threads:
+        fb.set_num_threads(args.threads)
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+
+    print("fastbp bench: one training step (forward, softmax-CE, backward, "
+          f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
+    for line in machine_info():
+        print(line)
+    print()
+
+    for widths, batch in sizes:
+        n_batches = max(2, min(32, int(2e8 / max(1, batch * sum(
+            a * b for a, b in itertools.pairwise(widths))))))
+        impls = build_impls(widths, batch, args.dtype, n_batches, args.torch_compile)
+        samples = measure(impls, repeats, min_time)
+        med = {k: float(np.median(v)) for k, v in samples.items()}
+        name = "-".join(map(str, widths))
+        print(f"== {name}, batch {batch} (epoch path: {n_batches} batches/epoch)")
+        print(f"   {'impl':<14}{'median':>12}{'IQR%':>7}   {'x floor':>8}")
+        for k in impls:
+            print(f"   {k:<14}{_fmt(med[k]):>12}{_iqr_pct(samples[k]):6.1f}%   "
+                  f"{med[k] / med['floor']:8.2f}")
+        t_floor, t_torch = TARGETS.get((widths, batch), (None, None))
+        fast = med["fastbp-epoch"]
+        rows = [("fastbp/floor", fast / med["floor"], t_floor),
+                ("fastbp/numpy", fast / med["numpy"], None)]
+        if "torch" in med:
+            rows.append(("fastbp/torch", fast / med["torch"], t_torch))
+        if "jax.jit" in med:
+            rows.append(("fastbp/jax", fast / med["jax.jit"], None))
+        rows.append(("step/floor", med["fastbp-step"] / med["floor"], None))
+        for label, ratio, target in rows:
+            print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
+        print(flush=True)
+
+    if not args.no_extras:
+        print("== digits epoch: fastbp MLP.fit vs scikit-learn MLPClassifier (64-128-10, b32)")
+        s = digits_epoch(max(3, repeats // 3))
+        med = {k: float(np.median(v)) for k, v in s.items()}
+        for k, v in med.items():
+            print(f"   {k:<14}{_fmt(v):>12} per epoch")
+        if "sklearn" in med:
+            r = med["fastbp"] / med["sklearn"]
+            print(f"   {'fastbp/sklearn':<14}{r:8.3f}   {_verdict(r, 0.2)}")
+        print(flush=True)
+        print("== import + first training step in a fresh process")
+        cold, warm = startup_times()
+        print(f"   cold cache    {cold:8.2f} s   {_verdict(cold, 3.0)}")
+        print(f"   warm cache    {warm:8.2f} s   {_verdict(warm, 1.0)}")
+        print()
+        print("== steady-state allocation of fit (tracemalloc peak, 64-128-10, b32, 2048 rows)")
+        p1, p5 = fit_peak_memory(args.dtype)
+        grows = p5 > p1 + 4096
+        print(f"   1 epoch {p1 / 1024:9.1f} KiB   5 epochs {p5 / 1024:9.1f} KiB   "
+              f"{'GROWS' if grows else 'flat: PASS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

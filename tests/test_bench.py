@@ -1,0 +1,76 @@
+"""Smoke tests of the benchmark code: it runs, prints ratios; no timing asserts."""
+
+import importlib
+import inspect
+import itertools
+
+import pytest
+
+from fastbp import bench
+
+
+def test_bench_main_tiny(capsys):
+    rc = bench.main(["--sizes", "8-16-4:8", "--repeats", "2", "--min-time", "0.001",
+                     "--no-extras"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for word in ("fastbp/floor", "fastbp/numpy", "floor", "numpy", "cpu", "pool"):
+        assert word in out
+
+
+def test_parse_sizes():
+    assert bench.parse_sizes("64-128-10:32, 784-256-10:64") == [
+        ((64, 128, 10), 32), ((784, 256, 10), 64)]
+    with pytest.raises(ValueError):
+        bench.parse_sizes("64")
+
+
+def test_numpy_reference_learns():
+    import numpy as np
+    X, y = bench._data((8, 16, 3), 64, "float32")
+    net = bench.NumpyMLP((8, 16, 3), "float32")
+    first = net.step(X, y)
+    for _ in range(50):
+        last = net.step(X, y)
+    assert last < first
+    assert all(W.dtype == np.float32 for W, _ in net.params)
+
+
+TINY = {"batch": [4], "width": [8], "classes": [3], "n": [50], "epochs": [1]}
+
+
+def _run_class(cls):
+    names = getattr(cls, "param_names", [])
+    grid = []
+    for name, values in zip(names, getattr(cls, "params", [])):
+        grid.append(TINY.get(name, values))
+    for combo in itertools.product(*grid) if grid else [()]:
+        obj = cls()
+        args = list(combo)
+        if hasattr(obj, "setup_cache"):
+            if cls.__name__ == "EpochSuite":
+                obj.n_rows = 16
+            args = [obj.setup_cache()] + args
+        if hasattr(obj, "setup"):
+            obj.setup(*args)
+        for meth in dir(obj):
+            if meth.startswith(("time_", "peakmem_")):
+                getattr(obj, meth)(*combo)
+
+
+@pytest.mark.parametrize("module", ["bench_kernels", "bench_network"])
+def test_asv_benchmarks_run_once(module):
+    mod = importlib.import_module(f"asv_benchmarks.{module}")
+    classes = [c for _, c in inspect.getmembers(mod, inspect.isclass)
+               if c.__module__ == mod.__name__]
+    assert classes
+    for cls in classes:
+        _run_class(cls)
+
+
+def test_asv_timeraw_sources_compile():
+    from asv_benchmarks.bench_startup import StartupSuite
+    obj = StartupSuite()
+    for meth in dir(obj):
+        if meth.startswith("timeraw_"):
+            compile(getattr(obj, meth)(), meth, "exec")
