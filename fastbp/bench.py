@@ -6,11 +6,17 @@ and ``train_on_batch``), a plain NumPy implementation, the GEMM floor (only
 the matrix products a step needs, into preallocated outputs) and, when
 installed, PyTorch eager and ``jax.jit``.  Implementations are interleaved
 round-robin and repeated in one run; medians and ratios are reported.
+
+PyTorch and JAX each run in a worker process of their own, driven from the
+same round-robin loop: in one process with Numba and two OpenBLAS pools,
+their OpenMP threads competed with spinning BLAS threads for the 2 cores and
+torch measured 3-200 times slower than on its own.
 """
 
 import argparse
 import datetime
 import itertools
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -215,33 +221,96 @@ def make_jax(widths, batch, dtype):
 # timing
 
 
-def _calibrate(fn, min_time):
-    """Number of calls so that one sample lasts about min_time seconds."""
+def _timed(fn, n):
+    """Seconds for n calls of fn."""
     t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    return max(1, int(min_time / max(dt, 1e-9)))
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0
+
+
+def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled):
+    """Child process: build one peer's step, then answer "time n calls"."""
+    try:
+        if kind == "torch":
+            import torch
+            if threads:
+                torch.set_num_threads(threads)
+            fn = make_torch(widths, batch, dtype, compiled)
+        else:
+            import jax
+            if np.dtype(dtype) == np.float64:
+                jax.config.update("jax_enable_x64", True)
+            fn = make_jax(widths, batch, dtype)
+        conn.send(("ok", None))
+    except Exception as exc:  # noqa: BLE001 - any failure: the parent skips this peer
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        n = conn.recv()
+        if n is None:
+            return
+        # untimed calls first: the peer's own thread pool slept while the
+        # parent worked, and waking it is no part of a training step
+        _timed(fn, max(1, n // 5))
+        conn.send(_timed(fn, n))
+
+
+class PeerProcess:
+    """A peer framework timed in its own process; called like a runner."""
+
+    def __init__(self, kind, widths, batch, dtype, threads=None, compiled=False):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_peer_worker, daemon=True,
+                                args=(child, kind, widths, batch, dtype, threads, compiled))
+        self.proc.start()
+        status, why = self.conn.recv()
+        if status != "ok":
+            self.close()
+            raise RuntimeError(why)
+
+    def __call__(self, n):
+        # OpenBLAS threads in this process spin for ~0.1 s after their last
+        # product before they sleep (2**28 cycles by default); let them go
+        # quiet so they do not take a core from the peer while it is timed.
+        time.sleep(0.15)
+        self.conn.send(n)
+        return self.conn.recv()
+
+    def close(self):
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout=10)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def _runner(fn):
+    """A runner times n calls: in-process callables are wrapped here."""
+    return fn if isinstance(fn, PeerProcess) else (lambda n: _timed(fn, n))
 
 
 def measure(impls, repeats, min_time):
-    """impls: {name: (fn, steps_per_call)}.  Round-robin: every repeat times
-    each implementation once (order rotated).  Returns {name: [s/step]}."""
+    """impls: {name: (fn or PeerProcess, steps_per_call)}.  Round-robin: every
+    repeat times each implementation once (order rotated).
+    Returns {name: [s/step]}."""
+    runners = {name: _runner(fn) for name, (fn, _) in impls.items()}
     loops = {}
-    for name, (fn, _) in impls.items():
-        for _ in range(2):  # warm-up (compile, caches, allocator)
-            fn()
-        loops[name] = _calibrate(fn, min_time)
+    for name, run in runners.items():
+        run(2)  # warm-up (compile, caches, allocator)
+        loops[name] = max(1, int(min_time / max(run(1), 1e-9)))
     samples = {name: [] for name in impls}
     names = list(impls)
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            fn, steps = impls[name]
+            steps = impls[name][1]
             n = loops[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / (n * steps))
+            samples[name].append(runners[name](n) / (n * steps))
     return samples
 
 
@@ -307,10 +376,8 @@ def machine_info():
         if os.environ.get(var):
             lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which OpenBLAS "
                          "kernels run and skews the comparison with NumPy. Unset it to measure.")
-    if not os.environ.get("OMP_WAIT_POLICY"):
-        lines.append("note     : OMP_WAIT_POLICY is unset; with several OpenMP pools in one process "
-                     "(Numba, torch) spinning threads can slow torch many-fold on few cores. "
-                     "OMP_WAIT_POLICY=PASSIVE gives fairer peer timings.")
+    lines.append("peers    : torch and jax are timed in worker processes of their own, "
+                 "interleaved with the rest")
     return lines
 
 
@@ -386,28 +453,36 @@ def fit_peak_memory(dtype="float32"):
 # --------------------------------------------------------------------------
 
 
-def build_impls(widths, batch, dtype, n_batches, with_torch_compile):
+def _installed(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def build_impls(widths, batch, dtype, n_batches, with_torch_compile, threads=None):
     impls = {
         "floor": (make_floor(widths, batch, dtype), 1),
         "fastbp-epoch": (make_fastbp_epoch(widths, batch, dtype, n_batches), n_batches),
         "fastbp-step": (make_fastbp_step(widths, batch, dtype), 1),
         "numpy": (make_numpy(widths, batch, dtype), 1),
     }
-    try:
-        import torch  # noqa: F401
-        impls["torch"] = (make_torch(widths, batch, dtype), 1)
-        if with_torch_compile:
-            impls["torch.compile"] = (make_torch(widths, batch, dtype, compiled=True), 1)
-    except ImportError:
-        pass
-    try:
-        import jax
-        if np.dtype(dtype) == np.float64:
-            jax.config.update("jax_enable_x64", True)
-        impls["jax.jit"] = (make_jax(widths, batch, dtype), 1)
-    except ImportError:
-        pass
+    peers = [("torch", "torch", False), ("jax.jit", "jax", False)]
+    if with_torch_compile:
+        peers.insert(1, ("torch.compile", "torch", True))
+    for label, kind, compiled in peers:
+        if not _installed(kind):
+            continue
+        try:
+            impls[label] = (PeerProcess(kind, widths, batch, dtype, threads, compiled), 1)
+        except RuntimeError as exc:
+            print(f"   ({label} skipped: {exc})")
     return impls
+
+
+def close_impls(impls):
+    for fn, _ in impls.values():
+        if isinstance(fn, PeerProcess):
+            fn.close()
 
 
 def main(argv=None):
@@ -433,11 +508,6 @@ def main(argv=None):
     import fastbp as fb
     if args.threads:
         fb.set_num_threads(args.threads)
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            pass
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
           f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
@@ -448,8 +518,12 @@ def main(argv=None):
     for widths, batch in sizes:
         n_batches = max(2, min(32, int(2e8 / max(1, batch * sum(
             a * b for a, b in itertools.pairwise(widths))))))
-        impls = build_impls(widths, batch, args.dtype, n_batches, args.torch_compile)
-        samples = measure(impls, repeats, min_time)
+        impls = build_impls(widths, batch, args.dtype, n_batches, args.torch_compile,
+                            args.threads)
+        try:
+            samples = measure(impls, repeats, min_time)
+        finally:
+            close_impls(impls)
         med = {k: float(np.median(v)) for k, v in samples.items()}
         name = "-".join(map(str, widths))
         print(f"== {name}, batch {batch} (epoch path: {n_batches} batches/epoch)")
