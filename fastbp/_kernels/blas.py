@@ -3,7 +3,7 @@
 Why not ``np.dot(a, b, out)``: inside compiled code Numba routes it to
 SciPy's BLAS through a helper that costs about 3 us per call and, with the
 OpenBLAS SciPy ships, ran 10-25 % slower than NumPy's on the layer shapes
-of the benchmarks (measured side by side, see docs/performance.md).  NumPy
+of the benchmarks (measured side by side: docs/performance.md).  NumPy
 wheels bundle an ILP64 OpenBLAS exporting ``scipy_cblas_sgemm64_`` and
 ``scipy_cblas_dgemm64_``; we register their addresses under fixed symbol
 names with LLVM and call them as external functions.  Calls by *name*
