@@ -122,11 +122,11 @@ def dense_backward(dh, x, W, h=None, activation="identity"):
         h = v.as_float(h_a, "h", 2, dt)
         if h.shape != shape:
             raise ValueError(f"h must have shape {shape} like dh; got {h.shape}")
-    da = np.empty(shape, dtype=dt)
+    da = dh.copy()  # the kernel works in place; the caller's dh stays as it was
     dx = np.empty(x.shape, dtype=dt)
     dW = np.empty(W.shape, dtype=dt)
     db = np.empty(W.shape[1], dtype=dt)
-    _dense.dense_backward(dh, x, W, h, code, da, dx, dW, db, True)
+    _dense.dense_backward(da, x, W, h, code, dx, dW, db, True)
     return dx, dW, db
 
 

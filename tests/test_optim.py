@@ -136,10 +136,6 @@ F32 = np.float32
 HOT_KERNELS = {
     "activations.bias_activation": (
         k_act.bias_activation, lambda: (np.ones((3, 5), F32), np.ones(5, F32), 2)),
-    "activations.delta_and_bias_grad": (
-        k_act.delta_and_bias_grad,
-        lambda: (np.ones((3, 5), F32), np.ones((3, 5), F32), 3, np.ones((3, 5), F32),
-                 np.ones(5, F32))),
     "activations.delta_in_place": (
         k_act.delta_in_place,
         lambda: (np.ones((3, 5), F32), np.ones((3, 5), F32), 3, np.ones(5, F32))),

@@ -112,44 +112,6 @@ def derivative(h, code, out):
 
 
 @njit(**JIT)
-def delta_and_bias_grad(dh, h, code, da, db):
-    """da = dh * g'(h) and db = da.sum(axis=0), in one pass.
-
-    dh, h, da (n, d) C-contiguous and distinct (for da = dh use
-    ``delta_in_place``), db (d,).
-    """
-    n, d = dh.shape
-    zero = dh.dtype.type(0)
-    one = dh.dtype.type(1)
-    for j in range(d):
-        db[j] = zero
-    for i in range(n):
-        gr = dh[i]
-        hr = h[i]
-        ar = da[i]
-        if code == RELU:
-            for j in range(d):
-                v = gr[j] if hr[j] > zero else zero
-                ar[j] = v
-                db[j] += v
-        elif code == SIGMOID:
-            for j in range(d):
-                v = gr[j] * hr[j] * (one - hr[j])
-                ar[j] = v
-                db[j] += v
-        elif code == TANH:
-            for j in range(d):
-                v = gr[j] * (one - hr[j] * hr[j])
-                ar[j] = v
-                db[j] += v
-        else:
-            for j in range(d):
-                v = gr[j]
-                ar[j] = v
-                db[j] += v
-
-
-@njit(**JIT)
 def delta_in_place(d, h, code, db):
     """d = d * g'(h) in place and db = d.sum(axis=0) (after the product).
 

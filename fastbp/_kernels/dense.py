@@ -6,7 +6,7 @@ C-contiguous array is passed to BLAS as a transposed operand with no copy.
 
 from numba import njit
 
-from .activations import bias_activation, delta_and_bias_grad
+from .activations import bias_activation, delta_in_place
 from .blas import matmul
 from .config import JIT
 
@@ -23,14 +23,15 @@ def dense_forward(x, W, b, code, out):
 
 
 @njit(**JIT)
-def dense_backward(dh, x, W, h, code, da, dx, dW, db, need_dx):
+def dense_backward(da, x, W, h, code, dx, dW, db, need_dx):
     """Backward pass of ``h = g(x @ W + b)``.
 
-    da = dh * g'(h) (``da`` may alias ``dh``), db = da.sum(0), dW = x.T @ da,
-    and, if ``need_dx``, dx = da @ W.T.  Shapes: dh, h, da (n, d_out);
-    x, dx (n, d_in); W, dW (d_in, d_out); db (d_out,).
+    ``da`` holds dh (the gradient with respect to h) on entry and
+    dA = dh * g'(h) on return; db = dA.sum(0), dW = x.T @ dA and, if
+    ``need_dx``, dx = dA @ W.T.  Shapes: da, h (n, d_out); x, dx (n, d_in);
+    W, dW (d_in, d_out); db (d_out,).
     """
-    delta_and_bias_grad(dh, h, code, da, db)
+    delta_in_place(da, h, code, db)
     matmul(x.T, da, dW)
     if need_dx:
         matmul(da, W.T, dx)

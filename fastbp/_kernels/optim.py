@@ -16,6 +16,14 @@ ADAM = 1
 
 
 @njit(**JIT)
+def _max_masked(bits, mask):
+    worst = bits.dtype.type(0)
+    for i in range(bits.size):
+        worst = max(worst, bits[i] & mask)
+    return worst
+
+
+@njit(**JIT)
 def all_finite(x):
     """True if every element of the 1-D float array x is finite."""
     # Integer test on the exponent bits (all ones for inf and NaN): integer
@@ -23,18 +31,10 @@ def all_finite(x):
     # and no flag can fold it away (a float ``x - x`` sum was folded to 0
     # under ``reassoc``: test_all_finite_detects).
     if x.itemsize == 4:
-        bits = x.view(np.uint32)
         mask = np.uint32(0x7F800000)
-        worst = np.uint32(0)
-        for i in range(bits.size):
-            worst = max(worst, bits[i] & mask)
-        return worst != mask
-    bits64 = x.view(np.uint64)
+        return _max_masked(x.view(np.uint32), mask) != mask
     mask64 = np.uint64(0x7FF0000000000000)
-    worst64 = np.uint64(0)
-    for i in range(bits64.size):
-        worst64 = max(worst64, bits64[i] & mask64)
-    return worst64 != mask64
+    return _max_masked(x.view(np.uint64), mask64) != mask64
 
 
 @njit(**JIT)
