@@ -115,11 +115,12 @@ def derivative(h, code, out):
 def delta_in_place(d, h, code, db):
     """d = d * g'(h) in place and db = d.sum(axis=0) (after the product).
 
-    A separate kernel from ``delta_and_bias_grad`` because there, with
-    ``da`` and ``dh`` the same buffer, LLVM's runtime alias check fails and
-    the scalar, branchy loop runs: a ReLU network then paid ~25 us per step
-    in branch mispredictions on 32x128 activations (docs/performance.md).  Reading and
-    writing one array at the same index keeps the loop vectorised.
+    d, h (n, k) C-contiguous, db (k,).  In place on purpose: an earlier
+    kernel reading dh and writing da, called with one buffer for both, made
+    LLVM's runtime alias check fail and run the scalar, branchy loop; a
+    ReLU network then paid ~25 us per step in branch mispredictions on
+    32x128 activations (docs/performance.md).  Reading and writing one array
+    at the same index keeps the loop vectorised.
     """
     n, k = d.shape
     zero = d.dtype.type(0)
