@@ -116,6 +116,14 @@ def as_float(x, name, ndim, dtype, finite=True):
     layout only.  With ``finite``, NaN and infinity are refused, also where a
     float64 value overflows the float32 it is converted to.
     """
+    if (type(x) is np.ndarray and x.dtype == dtype and x.ndim == ndim
+            and x.flags.c_contiguous and x.flags.aligned and x.flags.writeable):
+        # the common case, already as the kernels want it: only the value check
+        if finite and x.size and not np.isfinite(x).all():
+            where, value = _first_bad(x)
+            raise ValueError(f"{name} must be finite; got {value} at index {where} "
+                             "(NaN or infinity)")
+        return x
     arr = as_array(x, name)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got {arr.ndim}-D with shape {arr.shape}")
