@@ -7,6 +7,11 @@ the matrix products a step needs, into preallocated outputs) and, when
 installed, PyTorch eager and ``jax.jit``.  Implementations are interleaved
 round-robin and repeated in one run; medians and ratios are reported.
 
+The epoch path is ``MLP.fit`` for one epoch over up to 32 distinct batches
+(fewer for the largest networks), timed whole and divided by the batches:
+it includes gathering fresh rows for every step and the per-call argument
+checks of ``fit``; the other rows repeat one batch.
+
 PyTorch and JAX each run in a worker process of their own, driven from the
 same round-robin loop: in one process with Numba and two OpenBLAS pools,
 their OpenMP threads competed with spinning BLAS threads for the 2 cores and
@@ -516,7 +521,8 @@ def main(argv=None):
     print()
 
     for widths, batch in sizes:
-        n_batches = max(2, min(32, int(2e8 / max(1, batch * sum(
+        # up to 32 batches, fewer where that data would pass ~1e9 multiply-adds
+        n_batches = max(2, min(32, int(1e9 / max(1, batch * sum(
             a * b for a, b in itertools.pairwise(widths))))))
         impls = build_impls(widths, batch, args.dtype, n_batches, args.torch_compile,
                             args.threads)
