@@ -304,51 +304,50 @@ class MLP:
             if classify:
                 history["val_accuracy"] = []
 
-        epoch_iter = range(epochs)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=epochs, unit="epoch", desc="fit")
-        for _ in epoch_iter:
-            perm = self._rng.permutation(n) if shuffle else np.arange(n)
-            status, batch, loss_sum, correct, step = _net.train_epoch(
-                X, y_int, y_f, sw, perm, batch_size,
-                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                opt.kind, hp, s1, s2, opt.step_,
-                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                ws["delta_a"], ws["delta_b"], ws["rw"],
-            )
-            opt.step_ = int(step)
-            if status != 0:
-                if bar is not None:
-                    bar.close()
-                what = "loss" if status == 1 else "gradient"
-                epoch_no = self.epochs_trained + 1
-                raise DivergenceError(
-                    f"training diverged: non-finite {what} at epoch {epoch_no}, step "
-                    f"{batch + 1} (batch_size={batch_size}); parameters are those before "
-                    "that step. Try a smaller learning rate or scaled inputs.",
-                    epoch_no, int(batch) + 1,
+        try:
+            for _ in range(epochs):
+                perm = self._rng.permutation(n) if shuffle else np.arange(n)
+                status, batch, loss_sum, correct, step = _net.train_epoch(
+                    X, y_int, y_f, sw, perm, batch_size,
+                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                    opt.kind, hp, s1, s2, opt.step_,
+                    ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                    ws["delta_a"], ws["delta_b"], ws["rw"],
                 )
-            self.epochs_trained += 1
-            history["loss"].append(loss_sum / n)
-            if classify:
-                history["accuracy"].append(correct / n)
-            if validation_data is not None:
-                scores = self.evaluate(Xv, yv)
-                history["val_loss"].append(scores["loss"])
+                opt.step_ = int(step)
+                if status != 0:
+                    what = "loss" if status == 1 else "gradient"
+                    epoch_no = self.epochs_trained + 1
+                    raise DivergenceError(
+                        f"training diverged: non-finite {what} at epoch {epoch_no}, step "
+                        f"{batch + 1} (batch_size={batch_size}); parameters are those "
+                        "before that step. Try a smaller learning rate or scaled inputs.",
+                        epoch_no, int(batch) + 1,
+                    )
+                self.epochs_trained += 1
+                history["loss"].append(loss_sum / n)
                 if classify:
-                    history["val_accuracy"].append(scores["accuracy"])
-            for k, vals in history.items():
-                self.history.setdefault(k, []).append(vals[-1])
-            if checkpoint is not None and self.epochs_trained % checkpoint_every == 0:
-                self.save(checkpoint, include_optimizer=True)
+                    history["accuracy"].append(correct / n)
+                if validation_data is not None:
+                    scores = self.evaluate(Xv, yv)
+                    history["val_loss"].append(scores["loss"])
+                    if classify:
+                        history["val_accuracy"].append(scores["accuracy"])
+                for k, vals in history.items():
+                    self.history.setdefault(k, []).append(vals[-1])
+                if checkpoint is not None and self.epochs_trained % checkpoint_every == 0:
+                    self.save(checkpoint, include_optimizer=True)
+                if bar is not None:
+                    bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         return history
 
     def _resolve_optimizer(self, optimizer):
