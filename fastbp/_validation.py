@@ -146,6 +146,21 @@ def check_nonempty(arr, name):
         raise ValueError(f"{name} is empty: expected at least one row; got shape {arr.shape}")
 
 
+def as_sample_weight(sample_weight, n, name="sample_weight"):
+    """float64 row weights of shape (n,), non-negative with a positive sum;
+    None gives an empty array, which the kernels read as a plain mean."""
+    if sample_weight is None:
+        return np.empty(0, dtype=np.float64)
+    sw = as_float(sample_weight, name, 1, np.float64)
+    if sw.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},); got {sw.shape}")
+    if (sw < 0).any():
+        raise ValueError(f"{name} must be non-negative; got minimum {sw.min()}")
+    if sw.sum() <= 0:
+        raise ValueError(f"{name} must have a positive sum; got {sw.sum()}")
+    return sw
+
+
 def as_labels(y, name, n_rows, n_classes):
     """int64 labels of shape (n_rows,) in [0, n_classes)."""
     arr = as_array(y, name)

@@ -130,18 +130,6 @@ def dense_backward(dh, x, W, h=None, activation="identity"):
     return dx, dW, db
 
 
-def _weights(sample_weight, n, dt):
-    if sample_weight is None:
-        return np.empty(0, dtype=np.float64)
-    sw = v.as_float(sample_weight, "sample_weight", 1, np.float64)
-    if sw.shape[0] != n:
-        raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}")
-    if (sw < 0).any() or sw.sum() <= 0:
-        raise ValueError("sample_weight must be non-negative with a positive sum; got "
-                         f"min {sw.min()}, sum {sw.sum()}")
-    return sw
-
-
 def softmax_cross_entropy(logits, y, sample_weight=None):
     """Mean softmax cross-entropy and its gradient, in one fused pass.
 
@@ -178,7 +166,7 @@ def softmax_cross_entropy(logits, y, sample_weight=None):
     if c == 0:
         raise ValueError("logits must have at least one column (class)")
     w = np.empty(n, dtype=dt)
-    _loss.row_weights(n, _weights(sample_weight, n, dt), w)
+    _loss.row_weights(n, v.as_sample_weight(sample_weight, n), w)
     dz = np.empty_like(z)
     if soft:
         t = v.as_float(ya, "y", 2, dt)
@@ -227,7 +215,7 @@ def half_squared_error(y_pred, y_true, sample_weight=None):
     t2 = v.as_float(t.reshape(p2.shape), "y_true", 2, dt)
     n = p2.shape[0]
     w = np.empty(n, dtype=dt)
-    _loss.row_weights(n, _weights(sample_weight, n, dt), w)
+    _loss.row_weights(n, v.as_sample_weight(sample_weight, n), w)
     grad = np.empty_like(p2)
     loss = _loss.half_squared_error(p2, t2, w, grad)
     return dt.type(loss), grad.reshape(shape)

@@ -36,6 +36,14 @@ class DivergenceError(FloatingPointError):
         self.epoch = epoch
         self.step = step
 
+    @classmethod
+    def from_status(cls, status, epoch, step, batch_size):
+        """The error for a kernel status (1: loss, 2: gradient not finite)."""
+        what = "loss" if status == 1 else "gradient"
+        return cls(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
+                   f"(batch_size={batch_size}); parameters are those before that step. "
+                   "Try a smaller learning rate or scaled inputs.", epoch, step)
+
 
 def _hidden_codes(activation, n_hidden):
     if isinstance(activation, str):
@@ -190,18 +198,6 @@ class MLP:
                              f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
         return _net.SQUARED_ERROR, empty_i, t
 
-    def _check_weights(self, sample_weight, n):
-        if sample_weight is None:
-            return np.empty(0, dtype=np.float64)
-        sw = v.as_float(sample_weight, "sample_weight", 1, np.float64)
-        if sw.shape[0] != n:
-            raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}")
-        if (sw < 0).any():
-            raise ValueError("sample_weight must be non-negative")
-        if sw.sum() <= 0:
-            raise ValueError("sample_weight must have a positive sum")
-        return sw
-
     def _workspace(self, cap):
         """Buffers for batches of up to ``cap`` rows, reused between calls."""
         key = (cap, self.dtype, tuple(self.widths))
@@ -276,7 +272,7 @@ class MLP:
         X = self._check_X(X)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, n)
+        sw = v.as_sample_weight(sample_weight, n)
         epochs = v.as_positive_int(epochs, "epochs")
         shuffle = v.as_bool(shuffle, "shuffle")
         progress = v.as_bool(progress, "progress")
@@ -321,14 +317,8 @@ class MLP:
                 )
                 opt.step_ = int(step)
                 if status != 0:
-                    what = "loss" if status == 1 else "gradient"
-                    epoch_no = self.epochs_trained + 1
-                    raise DivergenceError(
-                        f"training diverged: non-finite {what} at epoch {epoch_no}, step "
-                        f"{batch + 1} (batch_size={batch_size}); parameters are those "
-                        "before that step. Try a smaller learning rate or scaled inputs.",
-                        epoch_no, int(batch) + 1,
-                    )
+                    raise DivergenceError.from_status(status, self.epochs_trained + 1,
+                                                      int(batch) + 1, batch_size)
                 self.epochs_trained += 1
                 history["loss"].append(loss_sum / n)
                 if classify:
@@ -368,7 +358,7 @@ class MLP:
         X = self._check_X(X)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, n)
+        sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n)
@@ -378,10 +368,7 @@ class MLP:
             ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
         )
         if status != 0:
-            what = "loss" if status == 1 else "gradient"
-            raise DivergenceError(f"training diverged: non-finite {what} in train_on_batch; "
-                                  "parameters are those before the step",
-                                  self.epochs_trained + 1, 1)
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         opt.step_ = int(step)
         return float(loss)
 
@@ -398,7 +385,7 @@ class MLP:
         X = self._check_X(X)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, n)
+        sw = v.as_sample_weight(sample_weight, n)
         w, dt = self.widths, self.dtype
         big = n * int(w[1:].max())
         grads = np.empty_like(self._params)
@@ -448,7 +435,7 @@ class MLP:
         z = self.forward(X)
         n = z.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, n)
+        sw = v.as_sample_weight(sample_weight, n)
         w = np.empty(n, dtype=self.dtype)
         _loss.row_weights(n, sw, w)
         dz = np.empty_like(z)
@@ -517,9 +504,9 @@ class MLP:
         opt = meta["optimizer"]
         if opt is not None:
             try:
-                model.optimizer = get_optimizer(opt["name"].lower())
-                for k, val in opt["settings"].items():
-                    setattr(model.optimizer, k, val)
+                # built through the constructor, so file settings are checked
+                kind = type(get_optimizer(str(opt["name"]).lower()))
+                model.optimizer = kind(**opt["settings"])
             except (ValueError, TypeError, AttributeError) as exc:
                 raise ValueError(f"cannot load model from {path!r}: bad optimizer "
                                  f"({exc})") from None
