@@ -203,40 +203,18 @@ def _load_model(path):
     return fb.MLP.load(path)
 
 
-def _read_table(path):
-    ext = os.path.splitext(path)[1].lower()
-    header = None
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        if "X" in arrays:
-            return arrays["X"], None, arrays
-        if len(arrays) == 1:
-            return next(iter(arrays.values())), None, arrays
-        raise _CliError(f"{path} must hold an array 'X' (arrays: {', '.join(arrays)})")
-    if ext == ".npy":
-        return np.load(path, allow_pickle=False), None, None
-    if ext == ".csv":
-        with open(path) as f:
-            first = f.readline().strip().split(",")
-        try:
-            [float(t) for t in first]
-            skip = 0
-        except ValueError:
-            header = [t.strip() for t in first]
-            skip = 1
-        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), header, None
-    raise _CliError(f"unsupported data file {path}: expected .npz, .npy or .csv")
-
-
 def _features(path, n_in, target):
     """Feature matrix of a data file, dropping a target column when present."""
-    if not os.path.exists(path):
-        raise _CliError(f"data file not found: {path}")
-    try:
-        data, header, _ = _read_table(path)
-    except (OSError, ValueError) as exc:
-        raise _CliError(f"cannot read {path}: {exc}") from None
+    from .datasets import read_table
+
+    data, header = read_table(path)  # its ValueError/OSError end in main
+    if isinstance(data, dict):
+        if "X" in data:
+            data = data["X"]
+        elif len(data) == 1:
+            data = next(iter(data.values()))
+        else:
+            raise _CliError(f"{path} must hold an array 'X' (arrays: {', '.join(data)})")
     data = np.asarray(data)
     if data.ndim != 2:
         raise _CliError(f"{path} must hold a 2-D table; got shape {data.shape}")

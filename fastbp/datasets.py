@@ -12,7 +12,7 @@ from . import _validation as v
 _READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, KeyError,
                 NotImplementedError, RuntimeError)
 
-__all__ = ["load_data", "load_digits", "train_test_split"]
+__all__ = ["load_data", "load_digits", "read_table", "train_test_split"]
 
 
 def load_digits(dtype="float32", scale=True):
@@ -83,6 +83,53 @@ def _column(header, target, ncols, path):
     return idx % ncols
 
 
+def read_table(path):
+    """The raw contents of a data file, with clear errors.
+
+    Returns ``(arrays, None)`` for a ``.npz`` (a dict of its arrays) and
+    ``(table, header)`` for a ``.npy`` or ``.csv`` (header: the column names
+    of a CSV whose first row is not numeric, else None).
+    """
+    path = v.as_path(path, "path")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"path must be a data file; {path} is a directory")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}, None
+        except _READ_ERRORS as exc:
+            raise ValueError(f"cannot read {path} as .npz: {exc}") from None
+    if ext == ".npy":
+        try:
+            return np.load(path, allow_pickle=False), None
+        except _READ_ERRORS as exc:
+            raise ValueError(f"cannot read {path} as .npy: {exc}") from None
+    if ext == ".csv":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                first = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"cannot read {path} as UTF-8 text CSV: {exc}") from None
+        cells = [c.strip() for c in first.strip().split(",")]
+        header = None
+        try:
+            [float(c) for c in cells]
+            skip = 0
+        except ValueError:
+            header, skip = cells, 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "no data": checked by callers
+                return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), header
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} as numeric CSV: {exc}") from None
+    raise ValueError(f"unsupported data file type {ext!r} for {path}; "
+                     "use .npz, .npy or .csv")
+
+
 def load_data(path, target=None):
     """Load features and targets from a user's file.
 
@@ -103,17 +150,9 @@ def load_data(path, target=None):
             or isinstance(target, (bool, np.bool_)):
         raise TypeError(f"target must be None, a column name or a column index; "
                         f"got {target!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"path must be a data file; {path} is a directory")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except _READ_ERRORS as exc:
-            raise ValueError(f"cannot read {path} as .npz: {exc}") from None
+    data, header = read_table(path)
+    if isinstance(data, dict):
+        arrays = data
         ykey = "y" if target is None else str(target)
         if ykey not in arrays:
             raise ValueError(f"{path} has no array {ykey!r} (arrays: {', '.join(arrays)})")
@@ -123,40 +162,13 @@ def load_data(path, target=None):
             raise ValueError(f"{path} must hold an array 'X' beside {ykey!r}; "
                              f"got {', '.join(arrays)}")
         X, y = arrays[xkey], arrays[ykey]
-    elif ext in (".npy", ".csv"):
-        header = None
-        if ext == ".npy":
-            try:
-                data = np.load(path, allow_pickle=False)
-            except _READ_ERRORS as exc:
-                raise ValueError(f"cannot read {path} as .npy: {exc}") from None
-        else:
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    first = fh.readline()
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"cannot read {path} as UTF-8 text CSV: {exc}") from None
-            cells = [c.strip() for c in first.strip().split(",")]
-            try:
-                [float(c) for c in cells]
-                skip = 0
-            except ValueError:
-                header, skip = cells, 1
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # "no data": checked below
-                    data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ValueError(f"cannot read {path} as numeric CSV: {exc}") from None
+    else:
         if data.ndim != 2 or data.shape[1] < 2:
             raise ValueError(f"{path} must hold a 2-D table with at least 2 columns; "
                              f"got shape {data.shape}")
         col = _column(header, target, data.shape[1], path)
         y = data[:, col]
         X = np.delete(data, col, axis=1)
-    else:
-        raise ValueError(f"unsupported data file type {ext!r} for {path}; "
-                         "use .npz, .npy or .csv")
     X = v.as_array(X, "X")
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"X in {path} must be a non-empty 2-D array; got shape {X.shape}")
