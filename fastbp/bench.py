@@ -456,6 +456,99 @@ def fit_peak_memory(dtype="float32"):
 
 
 # --------------------------------------------------------------------------
+# sparse input: a TF-IDF-like CSR problem, fastbp sparse vs dense vs scikit-learn
+
+SPARSE_SHAPE = (4000, 20000)
+SPARSE_DENSITY = 0.004
+SPARSE_CLASSES = 10
+SPARSE_HIDDEN = 100  # scikit-learn's default hidden_layer_sizes=(100,)
+
+
+def tfidf_like(n=SPARSE_SHAPE[0], d=SPARSE_SHAPE[1], density=SPARSE_DENSITY,
+               n_classes=SPARSE_CLASSES, dtype="float32", seed=0):
+    """(X, y): CSR rows with about ``density * d`` positive entries each,
+    L2-normalised like TF-IDF vectors (Zipf-like column frequencies), and
+    labels from a random linear map of X, so there is something to learn."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    per_row = max(1, round(density * d))
+    # column popularity ~ 1 / rank, like word frequencies
+    pop = 1.0 / np.arange(1, d + 1)
+    pop /= pop.sum()
+    parts = [np.unique(rng.choice(d, per_row, p=pop)) for _ in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([c.size for c in parts])])
+    indices = np.concatenate(parts)
+    data = rng.exponential(1.0, indices.size) * np.log(1.0 / pop[indices])
+    X = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ X).astype(dtype)
+    proj = rng.standard_normal((d, n_classes))
+    y = np.argmax(X @ proj, axis=1).astype(np.int64)
+    return X, y
+
+
+def sparse_fit(repeats, dtype="float32", n=SPARSE_SHAPE[0], d=SPARSE_SHAPE[1], epochs=3,
+               with_dense=True):
+    """Interleaved fit times (seconds) on the TF-IDF-like problem: fastbp on
+    CSR X, fastbp on the densified array, scikit-learn's MLPClassifier on
+    CSR X; one hidden layer of 100 ReLU units, Adam, batch 200, ``epochs``
+    epochs each."""
+    import fastbp as fb
+    X, y = tfidf_like(n, d, dtype=dtype)
+    widths = [d, SPARSE_HIDDEN, SPARSE_CLASSES]
+
+    def fb_fit(data):
+        def run():
+            m = fb.MLP(widths, activation="relu", dtype=dtype, seed=0, alpha=1e-4)
+            m.fit(data, y, epochs=epochs, batch_size=200, optimizer=fb.Adam(lr=1e-3))
+        return run
+
+    # measure() runs each once before timing: compile time is not timed
+    impls = {"fastbp-sparse": (fb_fit(X), 1)}
+    if with_dense:
+        Xd = X.toarray()
+        impls["fastbp-dense"] = (fb_fit(Xd), 1)
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        def sk():
+            clf = MLPClassifier(hidden_layer_sizes=(SPARSE_HIDDEN,), solver="adam",
+                                batch_size=200, learning_rate_init=1e-3, alpha=1e-4,
+                                max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1,
+                                shuffle=True, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(X, y)
+        impls["sklearn-sparse"] = (sk, 1)
+    except ImportError:
+        pass
+    return measure(impls, repeats, 0.0)
+
+
+def report_sparse(repeats, dtype="float32", **kw):
+    """Print the sparse section; returns the medians (seconds)."""
+    n = kw.get("n", SPARSE_SHAPE[0])
+    d = kw.get("d", SPARSE_SHAPE[1])
+    epochs = kw.get("epochs", 3)
+    print(f"== sparse X: TF-IDF-like CSR {n}x{d}, density {SPARSE_DENSITY:.1%}, "
+          f"{d}-{SPARSE_HIDDEN}-{SPARSE_CLASSES} relu, adam, batch 200, {epochs} epochs, "
+          f"{dtype}")
+    s = sparse_fit(repeats, dtype, **kw)
+    med = {k: float(np.median(v)) for k, v in s.items()}
+    for k, val in med.items():
+        print(f"   {k:<16}{_fmt(val):>12} per fit  IQR {_iqr_pct(s[k]):5.1f}%")
+    if "sklearn-sparse" in med:
+        r = med["fastbp-sparse"] / med["sklearn-sparse"]
+        print(f"   {'sparse/sklearn':<16}{r:8.3f}   {_verdict(r, 0.2)}")
+    if "fastbp-dense" in med:
+        r = med["fastbp-sparse"] / med["fastbp-dense"]
+        print(f"   {'sparse/dense':<16}{r:8.3f}")
+    print(flush=True)
+    return med
+
+
+# --------------------------------------------------------------------------
 
 
 def _installed(name):

@@ -56,25 +56,33 @@ def csr_matmul(data, indices, indptr, W, out):
 
 
 @njit(**JIT)
-def csr_weight_grad(data, indices, indptr, da, W, reg, dW):
+def csr_weight_grad(data, indices, indptr, da, W, reg, dW, acc):
     """dW = X.T @ da (+ reg * W when reg != 0) for the CSR rows X.
 
     da (m, d_out), W and dW (d_in, d_out), all C-contiguous, one dtype;
-    reg a scalar of that dtype.  dW is overwritten: first zero (or reg * W),
-    then ``dW[indices[k], :] += data[k] * da[r, :]`` for the entries k of
-    each row r in order (deterministic; the inner loop runs over d_out).
-    Returns sum(W**2) when reg != 0 (for the L2 term of the loss), else 0.
+    reg a scalar of that dtype; acc (d_out,) scratch.  dW is overwritten:
+    first zero (or reg * W), then ``dW[indices[k], :] += data[k] * da[r, :]``
+    for the entries k of each row r in order (deterministic; the inner loops
+    run over d_out).  Returns sum(W**2) when reg != 0 (for the L2 term of
+    the loss), else 0; it is summed per column in ``acc`` first, so that
+    the loop vectorises without reordering any floating-point sum.
     """
     m, d = da.shape
     zero = dW.dtype.type(0)
     ss = zero
-    flat = dW.reshape(dW.size)
     if reg != zero:
-        wf = W.reshape(W.size)
-        for i in range(flat.size):
-            flat[i] = reg * wf[i]
-            ss += wf[i] * wf[i]
+        for j in range(d):
+            acc[j] = zero
+        for i in range(W.shape[0]):
+            w = W[i]
+            o = dW[i]
+            for j in range(d):
+                o[j] = reg * w[j]
+                acc[j] += w[j] * w[j]
+        for j in range(d):
+            ss += acc[j]
     else:
+        flat = dW.reshape(dW.size)
         for i in range(flat.size):
             flat[i] = zero
     for r in range(m):
@@ -178,8 +186,11 @@ def backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, 
         matmul(view2d(cur, 0, m, d2), view2d(params, p1, d1, d2).T, da)
     delta_in_place(da, h1, codes[0], grads[d0 * d1 : p1])
     reg = params.dtype.type(alpha / m)
+    # scratch for csr_weight_grad: with L == 1, ``other`` is unused; else
+    # ``cur`` (dA_2) is no longer needed
+    scratch = other if L == 1 else cur
     ss = csr_weight_grad(data, indices, indptr, da, view2d(params, 0, d0, d1), reg,
-                         view2d(grads, 0, d0, d1))
+                         view2d(grads, 0, d0, d1), scratch[:d1])
     return l2 + params.dtype.type(0.5) * reg * ss
 
 
