@@ -181,6 +181,8 @@ class MLP:
         """X as the kernels take it: a C-contiguous array of the model dtype,
         or, for scipy.sparse input (any format), checked CSR ``SparseRows``
         (never densified)."""
+        if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
+            return X
         if v.is_sparse(X):
             X = v.as_csr(X, name, self.dtype)
             if X.shape[0] == 0:
