@@ -523,7 +523,19 @@ def sparse_fit(repeats, dtype="float32", n=SPARSE_SHAPE[0], d=SPARSE_SHAPE[1], e
         impls["sklearn-sparse"] = (sk, 1)
     except ImportError:
         pass
-    return measure(impls, repeats, 0.0)
+    # one untimed call each (compiles fastbp's kernels), then interleaved
+    # rounds of one call each: a fit takes seconds, so measure()'s three
+    # warm-up calls would triple the run
+    names = list(impls)
+    for name in names:
+        impls[name][0]()
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            impls[name][0]()
+            samples[name].append(time.perf_counter() - t)
+    return samples
 
 
 def report_sparse(repeats, dtype="float32", **kw):
@@ -597,6 +609,8 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true",
                    help="skip digits-vs-sklearn, startup and allocation checks")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--sparse-only", action="store_true",
+                   help="only the sparse-input section (TF-IDF-like CSR X)")
     args = p.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 15)
@@ -606,6 +620,10 @@ def main(argv=None):
     import fastbp as fb
     if args.threads:
         fb.set_num_threads(args.threads)
+    sparse_kw = {"n": 1000, "epochs": 1} if args.quick else {}
+    if args.sparse_only:
+        report_sparse(args.repeats or (3 if args.quick else 5), args.dtype, **sparse_kw)
+        return 0
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
           f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
@@ -658,6 +676,7 @@ def main(argv=None):
         print(f"   cold cache    {cold:8.2f} s   {_verdict(cold, 3.0)}")
         print(f"   warm cache    {warm:8.2f} s   {_verdict(warm, 1.0)}")
         print()
+        report_sparse(max(3, repeats // 3), args.dtype, **sparse_kw)
         print("== steady-state allocation of fit (tracemalloc peak, 64-128-10, b32, 2048 rows)")
         p1, p5 = fit_peak_memory(args.dtype)
         grows = p5 > p1 + 4096

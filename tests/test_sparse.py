@@ -323,3 +323,27 @@ def test_huge_width_trains_without_dense_copy():
     hist = m.fit(X, y, epochs=1, batch_size=20_000)
     assert np.isfinite(hist["loss"][0])
     assert m.predict(X[:1000]).shape == (1000,)
+
+
+def test_sparse_divergence_keeps_last_finite_params():
+    X = _csr(64, 10, 0.3, 15) * 1e4
+    y = np.random.default_rng(16).integers(0, 3, 64)
+    m = fb.MLP([10, 16, 3], dtype="float64", seed=0)
+    with pytest.raises(fb.DivergenceError, match=r"epoch \d+.*step \d+") as info:
+        m.fit(X, y, epochs=20, batch_size=8, optimizer=fb.SGD(lr=1e100))
+    assert info.value.epoch >= 1 and info.value.step >= 1
+    assert np.all(np.isfinite(m.flat_params))
+    before = m.flat_params.copy()
+    with pytest.raises(fb.DivergenceError):
+        m.train_on_batch(X * 1e150, y)
+    np.testing.assert_array_equal(m.flat_params, before)
+
+
+def test_sparse_train_dense_validation_and_back():
+    X = _csr(80, 12, 0.3, 17)
+    y = np.random.default_rng(18).integers(0, 3, 80)
+    m = fb.MLP([12, 6, 3], dtype="float64", seed=0)
+    h = m.fit(X, y, epochs=2, batch_size=16, validation_data=(X.toarray(), y))
+    assert len(h["val_loss"]) == 2
+    m.fit(X.toarray(), y, epochs=1, batch_size=16, validation_data=(X, y))
+    assert len(m.history["val_loss"]) == 3
