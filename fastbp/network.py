@@ -181,22 +181,27 @@ class MLP:
         """X as the kernels take it: a C-contiguous array of the model dtype,
         or, for scipy.sparse input (any format), checked CSR ``SparseRows``
         (never densified)."""
-        if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
-            return X
-        if v.is_sparse(X):
-            X = v.as_csr(X, name, self.dtype)
-            if X.shape[0] == 0:
-                raise ValueError(f"{name} is empty: expected at least one row; got shape "
-                                 f"{X.shape}")
-            if X.shape[1] != self.widths[0]:
-                raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
-                                 f"got sparse shape {X.shape}")
-            return X
+        if type(X) is not np.ndarray:  # the dense fast path pays one type test
+            if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
+                return X
+            if v.is_sparse(X):
+                return self._check_sparse_X(X, name)
         X = v.as_float(X, name, 2, self.dtype)
         v.check_nonempty(X, name)
         if X.shape[1] != self.widths[0]:
             raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
                              f"got shape {X.shape}")
+        return X
+
+    def _check_sparse_X(self, X, name):
+        """scipy.sparse X (any format) as checked CSR SparseRows."""
+        X = v.as_csr(X, name, self.dtype)
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty: expected at least one row; got shape "
+                             f"{X.shape}")
+        if X.shape[1] != self.widths[0]:
+            raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
+                             f"got sparse shape {X.shape}")
         return X
 
     def _check_y(self, y, n, name="y"):
