@@ -15,7 +15,6 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
-from ._kernels import sparse as _sparse
 from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
@@ -58,6 +57,14 @@ def _hidden_codes(activation, n_hidden):
         raise ValueError(f"activation lists one name per hidden layer: expected "
                          f"{n_hidden}, got {len(acts)}")
     return [v.as_activation(a) for a in acts]
+
+
+def _sparse_kernels():
+    """The sparse kernel module, imported on first sparse input only (its
+    dispatchers cost ~20-30 ms of import time that dense users need not pay)."""
+    from ._kernels import sparse
+
+    return sparse
 
 
 def _sparse_batch_buffers(X, batch_size):
@@ -256,7 +263,10 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like, shape (n, d_0)
+        X : array_like or scipy.sparse matrix/array, shape (n, d_0)
+            Dense input, or sparse rows (CSR; other formats are converted to
+            CSR once): the first layer then runs as sparse kernels and X is
+            never densified.  The same holds for every method taking X.
         y : array_like
             Classification: integer labels (n,) or target rows (n, d_L).
             Regression: targets (n, d_L), or (n,) when d_L == 1.
@@ -325,6 +335,7 @@ class MLP:
         ws = self._workspace(batch_size, not sparse)
         if sparse:
             sb = _sparse_batch_buffers(X, batch_size)
+            train_epoch_sparse = _sparse_kernels().train_epoch_sparse
         classify = self.output == "softmax"
         history = {"loss": []}
         if classify:
@@ -343,7 +354,7 @@ class MLP:
             for _ in range(epochs):
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
                 if sparse:
-                    status, batch, loss_sum, correct, step, _ = _sparse.train_epoch_sparse(
+                    status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
                         X.data, X.indices, X.indptr, y_int, y_f, sw, perm, batch_size,
                         self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                         opt.kind, hp, s1, s2, opt.step_,
@@ -424,7 +435,7 @@ class MLP:
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, False)
         sb = _sparse_batch_buffers(X, n)
-        status, _, _, _, step, loss = _sparse.train_epoch_sparse(
+        status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
             X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
             self._params, self._grads, self.widths, self.codes, kind, self.alpha,
             opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
@@ -454,7 +465,7 @@ class MLP:
         big = n * int(w[1:].max())
         grads = np.empty_like(self._params)
         if isinstance(X, v.SparseRows):
-            loss, _ = _sparse.loss_and_grad_sparse(
+            loss, _ = _sparse_kernels().loss_and_grad_sparse(
                 self._params, grads, w, self.codes, kind, self.alpha,
                 X.data, X.indices, X.indptr, y_int, y_f, sw,
                 np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
@@ -477,11 +488,12 @@ class MLP:
         cap = min(n, _PREDICT_CHUNK)
         acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
         if isinstance(X, v.SparseRows):
+            forward_sparse = _sparse_kernels().forward_sparse
             for s in range(0, n, cap):
                 e = min(s + cap, n)
                 # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
-                out[s:e] = _sparse.forward_sparse(self._params, self.widths, self.codes,
-                                                  X.data, X.indices, X.indptr[s:e + 1], acts)
+                out[s:e] = forward_sparse(self._params, self.widths, self.codes,
+                                          X.data, X.indices, X.indptr[s:e + 1], acts)
             return out
         for s in range(0, n, cap):
             out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
