@@ -236,7 +236,7 @@ def _predict(args):
     pred = model.predict(X)
     if args.out:
         tmp = f"{args.out}.tmp"
-        fmt = "%d" if model.output == "softmax" else "%.8g"
+        fmt = "%d" if model.output in ("softmax", "sigmoid") else "%.8g"
         np.savetxt(tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=",")
         os.replace(tmp, args.out)
         print(f"wrote {pred.shape[0]} predictions to {args.out}")
