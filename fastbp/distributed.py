@@ -34,6 +34,7 @@ measured in docs/distributed.md.
 """
 
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -43,6 +44,11 @@ from ._kernels import distributed as _dk
 from ._kernels.optim import ADAM
 
 __all__ = ["RankFailedError", "evaluate", "fit", "shard_rows"]
+
+#: Figures of this process's last data-parallel ``fit``: "steps",
+#: "allreduce_s" (seconds in the per-step Allreduce, waiting for slower
+#: ranks included) and "fit_s" (the whole call).  Read by fastbp.bench_mpi.
+last_fit_stats = {}
 
 
 class RankFailedError(RuntimeError):
@@ -205,6 +211,9 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
          sample_weight, progress, checkpoint, checkpoint_every):
     MPI = _mpi()
     rank = comm.Get_rank()
+    t_fit = time.perf_counter()
+    t_allreduce = 0.0
+    n_steps = 0
     try:
         out = _agree(comm, lambda: _setup(
             model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuffle,
@@ -289,7 +298,10 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                     err = exc
                     gbuf.fill(0)
                     tail[_dk.FAILED] = 1
+                t0 = time.perf_counter()
                 comm.Allreduce(MPI.IN_PLACE, gbuf, op=MPI.SUM)
+                t_allreduce += time.perf_counter() - t0
+                n_steps += 1
                 if tail[_dk.FAILED] != 0:
                     if err is not None:
                         raise _Agreed(err)
@@ -330,6 +342,8 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     finally:
         if bar is not None:
             bar.close()
+        last_fit_stats.update(steps=n_steps, allreduce_s=t_allreduce,
+                              fit_s=time.perf_counter() - t_fit)
     return history
 
 
