@@ -116,6 +116,39 @@ def _worker(kind, folder):
         k += 1
 
 
+def allreduce_sweep(repeats=21):
+    """Under mpiexec: median time of an in-place Allreduce (sum) of float32
+    buffers from 4 KB to 32 MB, printed by rank 0, with the fit of
+    t = a + b * bytes (least squares on the medians)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, p = comm.Get_rank(), comm.Get_size()
+    sizes = [2**k for k in range(10, 24, 1)]  # elements: 4 KB .. 32 MB
+    rows = []
+    for n in sizes:
+        buf = np.ones(n, dtype=np.float32)
+        times = []
+        for _ in range(repeats):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        rows.append((4 * n, statistics.median(times)))
+    if rank == 0:
+        nbytes = np.array([r[0] for r in rows], dtype=float)
+        t = np.array([r[1] for r in rows])
+        b, a = np.polyfit(nbytes, t, 1)
+        print(f"# Allreduce (sum, in place) of float32 buffers on {p} ranks; "
+              f"medians of {repeats}")
+        for nb, ti in rows:
+            print(f"{nb / 1e6:>10.3f} MB {ti * 1e3:>10.3f} ms "
+                  f"{2 * (p - 1) / p * nb / ti / 1e9:>8.2f} GB/s (ring-equivalent)")
+        print(f"fit: t = {a * 1e6:.1f} us + bytes / ({1 / b / 1e9:.2f} GB/s); as a ring: "
+              f"latency {a / (2 * (p - 1)) * 1e6:.1f} us per hop, bandwidth "
+              f"{2 * (p - 1) / p / b / 1e9:.2f} GB/s")
+
+
 def _steps_for(widths, batch):
     """Enough steps for about a second of work at 50 GFLOP/s per rank."""
     flops = 6.0 * batch * sum(a * b for a, b in itertools.pairwise(widths))
@@ -131,11 +164,16 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpiexec", default=shutil.which(
         "mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec"))
+    p.add_argument("--allreduce-sweep", action="store_true",
+                   help="run under mpiexec: time Allreduce from 4 KB to 32 MB")
     p.add_argument("--worker", choices=["ranks", "single", "serial"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args.worker, args.folder)
+        return 0
+    if args.allreduce_sweep:
+        allreduce_sweep()
         return 0
     if not args.mpiexec:
         p.error("mpiexec not found: pip install 'fastbp[mpi]'")

@@ -182,3 +182,45 @@ def test_bad_input_on_one_rank_raises_on_every_rank(runs):
     infos = [result(runs[2], "bad_input", r)[1] for r in range(2)]
     assert infos[1]["error_type"] == "ValueError" and "columns" in infos[1]["error"]
     assert infos[0]["error_type"] == "ValueError" and "rank 1" in infos[0]["error"]
+
+
+def test_cli_trains_on_shards_under_mpiexec(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 8))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + 2 * (X[:, 2] > 1)  # labels 0..3
+    np.savez(tmp_path / "big.npz", X=X, y=y)
+    args = [sys.executable, "-m", "fastbp", "train", "--data", "big.npz", "--epochs", "3",
+            "--layers", "16", "--batch-size", "16", "--lr", "0.05", "--out", "m.npz",
+            "--no-progress", "--dtype", "float64"]
+    res = mpirun(2, args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert out.count("on 2 MPI ranks") == 1 and "240 training rows, 60 validation" in out
+    assert out.count("epoch   3") == 1 and out.count("saved m.npz") == 1
+    m = fb.MLP.load(tmp_path / "m.npz")
+    assert m.widths.tolist() == [8, 16, 4] and m.epochs_trained == 3
+    assert m.evaluate(X, y)["accuracy"] > 0.6
+
+
+def test_cli_error_on_one_rank_stops_every_rank(tmp_path):
+    res = mpirun(3, [sys.executable, "-m", "fastbp", "train", "--data", "missing.npz",
+                     "--no-progress"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "fastbp: error: data file not found" in res.stderr
+
+
+def test_load_data_reads_only_the_rows_asked_for(tmp_path):
+    X = np.arange(60.0).reshape(20, 3)
+    y = np.arange(20) % 3
+    np.savez(tmp_path / "a.npz", X=X, y=y)
+    np.savez_compressed(tmp_path / "b.npz", X=X, y=y)
+    np.save(tmp_path / "c.npy", np.c_[X, y])
+    np.savetxt(tmp_path / "d.csv", np.c_[X, y], delimiter=",")
+    for name in ("a.npz", "b.npz", "c.npy", "d.csv"):
+        for rank in range(3):
+            part = w.shard_rows(20, rank, 3)
+            Xs, ys = fb.load_data(tmp_path / name, rows=lambda n, r=rank: w.shard_rows(n, r, 3))
+            np.testing.assert_array_equal(Xs, X[part])
+            np.testing.assert_array_equal(ys, y[part])
+    assert [w.shard_rows(20, r, 3) for r in range(3)] == [slice(0, 7), slice(7, 14),
+                                                         slice(14, 20)]
