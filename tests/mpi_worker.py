@@ -10,6 +10,7 @@ union batches with ``train_on_batch``.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -132,6 +133,19 @@ if __name__ == "__main__":
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     out = sys.argv[1]
+    # Rank 0 compiles (or loads) the kernels alone while the others sleep, so
+    # that the ranks do not all compile the same code at once on a small CI
+    # machine; the others then load it from Numba's disk cache.
+    flag = os.path.join(out, f".warm{size}")
+    if rank == 0:
+        X, y, _ = data(16)
+        model().fit(X, y, epochs=1, batch_size=8, validation_data=(X, y),
+                    comm=MPI.COMM_SELF)
+        open(flag, "w").close()
+    else:
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+    comm.Barrier()
     for name in sys.argv[2:] or SCENARIOS:
         SCENARIOS[name](out)
     comm.Barrier()
