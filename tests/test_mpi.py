@@ -134,6 +134,8 @@ def test_equals_one_process_on_union_batches(runs, size, name):
     case["opt"] = case["opt"]()
     params = assert_same_on_ranks(runs[size], name, size)
     ref, losses = reference(name, size, **case)
+    err = np.max(np.abs(params - ref) / np.maximum(np.abs(ref), 1e-12))
+    print(f"{name} on {size} ranks: max relative parameter error {err:.1e}")  # -s shows it
     np.testing.assert_allclose(params, ref, rtol=RTOL, atol=1e-12)
     _, info = result(runs[size], name, 0)
     np.testing.assert_allclose(info["history"]["loss"], losses, rtol=1e-9)
