@@ -110,6 +110,21 @@ def diverge(out):
     save(out, "diverge", m, error=err)
 
 
+def diverge_update(out):
+    """Adam's first step size lr / (1 - beta1) overflows: the update is not
+    finite, is undone, and every rank raises."""
+    X, y, _ = data(32)
+    part = shard_rows(32, rank, size)
+    m = model()
+    err = None
+    try:
+        m.fit(X[part], y[part], epochs=1, batch_size=8, optimizer=fb.Adam(lr=1e308),
+              shuffle=False, comm=comm)
+    except fb.DivergenceError as exc:
+        err = exc
+    save(out, "diverge_update", m, error=err)
+
+
 def bad_input(out):
     """Rank 1 passes the wrong number of columns: every rank raises."""
     X, y, _ = data(20)
@@ -122,10 +137,15 @@ def bad_input(out):
     except (ValueError, TypeError) as exc:
         err = exc
     save(out, "bad_input", m, error=err)
+    try:  # checked locally, before any collective
+        m.fit(X[part], y[part], comm="COMM_WORLD")
+    except TypeError as exc:
+        save(out, "bad_comm", m, error=exc)
 
 
 SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, shuffled, checkpoint,
-                                       resume, diverge, bad_input)}
+                                       resume, diverge, diverge_update,
+                                       bad_input)}
 
 if __name__ == "__main__":
     from mpi4py import MPI

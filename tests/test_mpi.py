@@ -180,10 +180,23 @@ def test_divergence_on_one_rank_stops_every_rank(runs):
     assert np.isfinite(params).all()
 
 
+def test_non_finite_update_is_undone_on_every_rank(runs):
+    infos = [result(runs[2], "diverge_update", r)[1] for r in range(2)]
+    for info in infos:
+        assert info["error_type"] == "DivergenceError"
+        assert (info["epoch"], info["step"]) == (1, 1) and "non-finite update" in info["error"]
+    params = assert_same_on_ranks(runs[2], "diverge_update", 2)
+    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", seed=3)  # rank 0's start
+    np.testing.assert_array_equal(params, m.flat_params)
+
+
 def test_bad_input_on_one_rank_raises_on_every_rank(runs):
     infos = [result(runs[2], "bad_input", r)[1] for r in range(2)]
     assert infos[1]["error_type"] == "ValueError" and "columns" in infos[1]["error"]
     assert infos[0]["error_type"] == "ValueError" and "rank 1" in infos[0]["error"]
+    for r in range(2):
+        info = result(runs[2], "bad_comm", r)[1]
+        assert info["error_type"] == "TypeError" and "comm must be an mpi4py" in info["error"]
 
 
 def test_cli_trains_on_shards_under_mpiexec(tmp_path):
