@@ -239,3 +239,11 @@ def test_load_data_reads_only_the_rows_asked_for(tmp_path):
             np.testing.assert_array_equal(ys, y[part])
     assert [w.shard_rows(20, r, 3) for r in range(3)] == [slice(0, 7), slice(7, 14),
                                                          slice(14, 20)]
+
+
+def test_example_runs_under_mpiexec(tmp_path):
+    res = mpirun(2, [sys.executable, os.path.join(ROOT, "examples", "train_mpi.py"), "3",
+                     "float64"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("2 ranks: final training loss") == 1
+    assert fb.MLP.load(tmp_path / "digits_mpi.npz").epochs_trained == 3
