@@ -41,6 +41,7 @@ import numpy as np
 
 from . import _validation as v
 from ._kernels import distributed as _dk
+from ._kernels import network as _net
 from ._kernels.optim import ADAM
 
 __all__ = ["RankFailedError", "evaluate", "fit", "shard_rows"]
@@ -119,11 +120,17 @@ def _sample_weight(sample_weight, n):
 
 def _check_shard(model, X, y, name="X", yname="y"):
     """Validated (X, kind, y_int, y_f) of a local shard, which may be empty."""
+    if hasattr(X, "tocsr"):
+        raise TypeError(f"{name}: data-parallel fit (comm=) takes dense arrays; got a "
+                        f"scipy.sparse {type(X).__name__}")
     X = v.as_float(X, name, 2, model.dtype)
     if X.shape[1] != model.widths[0]:
         raise ValueError(f"{name} must have {model.widths[0]} columns (widths[0]); "
                          f"got shape {X.shape}")
     kind, y_int, y_f = model._check_y(y, X.shape[0], yname)
+    if kind not in (_net.XENT_LABELS, _net.XENT_TARGETS, _net.SQUARED_ERROR):
+        raise ValueError(f"data-parallel fit (comm=) supports softmax and identity "
+                         f"outputs; this model's output is {model.output!r}")
     return X, kind, y_int, y_f
 
 
