@@ -164,6 +164,29 @@ def make_fastbp_epoch(widths, batch, dtype, n_batches):
     return lambda: model.fit(X, y, epochs=1, batch_size=batch)
 
 
+def make_activation_epoch(widths, batch, dtype, activation, n_batches):
+    """(callable = 1 epoch of n_batches steps) of a network whose hidden
+    layers use ``activation``; the same data and settings for every one."""
+    import fastbp as fb
+    model = fb.MLP(list(widths), activation=activation, dtype=dtype, seed=0)
+    X, y = _data(widths, batch * n_batches, dtype)
+    model.fit(X, y, epochs=1, batch_size=batch, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+    return lambda: model.fit(X, y, epochs=1, batch_size=batch)
+
+
+def activation_ratios(sizes, dtype, repeats, min_time):
+    """{(widths, batch): {activation: [s/step]}}: tanh, sigmoid and ReLU
+    networks of one shape timed interleaved (epoch path, per step)."""
+    out = {}
+    for widths, batch in sizes:
+        n_batches = max(2, min(16, int(2e8 / max(1, batch * sum(
+            a * b for a, b in itertools.pairwise(widths))))))
+        impls = {act: (make_activation_epoch(widths, batch, dtype, act, n_batches), n_batches)
+                 for act in ("relu", "tanh", "sigmoid")}
+        out[(widths, batch)] = measure(impls, repeats, min_time)
+    return out
+
+
 def make_torch(widths, batch, dtype, compiled=False):
     import torch
     layers = []
@@ -504,6 +527,9 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true",
                    help="skip digits-vs-sklearn, startup and allocation checks")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--activation-sizes", default=None,
+                   help="networks for the tanh/sigmoid vs relu section (default "
+                        f'"{QUICK_SIZES}"; "none" skips it)')
     args = p.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 15)
@@ -548,6 +574,21 @@ def main(argv=None):
         rows.append(("step/floor", med["fastbp-step"] / med["floor"], None))
         for label, ratio, target in rows:
             print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
+        print(flush=True)
+
+    act_sizes = args.activation_sizes or QUICK_SIZES
+    if act_sizes.strip().lower() != "none":
+        print("== tanh and sigmoid networks against the same ReLU network "
+              "(epoch path, per step)")
+        for (widths, batch), samples in activation_ratios(
+                parse_sizes(act_sizes), args.dtype, repeats, min_time).items():
+            med = {k: float(np.median(v)) for k, v in samples.items()}
+            name = "-".join(map(str, widths))
+            print(f"   {name}, batch {batch}: relu {_fmt(med['relu']).strip()}, "
+                  f"tanh {_fmt(med['tanh']).strip()}, sigmoid {_fmt(med['sigmoid']).strip()}")
+            for act in ("tanh", "sigmoid"):
+                r = med[act] / med["relu"]
+                print(f"   {act + '/relu':<14}{r:8.3f}   {_verdict(r, 1.25)}")
         print(flush=True)
 
     if not args.no_extras:
