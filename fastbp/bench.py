@@ -187,6 +187,93 @@ def activation_ratios(sizes, dtype, repeats, min_time):
     return out
 
 
+def make_phases(widths, batch, dtype, n_batches=16):
+    """Zero-argument callables, one per phase of a ReLU training step, that
+    call fastbp's own kernels one by one (as ``train_epoch`` does in one
+    compiled call): where the time of a step goes.  Each phase's kernels run
+    on the buffers the previous phases left, so the data are realistic.
+    The Python call of each kernel (about 1 us) is included; the phases
+    are meant for mid-size and large networks."""
+    import fastbp as fb
+    from fastbp._kernels import activations as ka
+    from fastbp._kernels import losses as kl
+    from fastbp._kernels import optim as ko
+    from fastbp._kernels.blas import matmul
+
+    model = fb.MLP(list(widths), activation="relu", dtype=dtype, seed=0)
+    X, y = _data(widths, batch * n_batches, dtype)
+    model.fit(X, y, epochs=1, batch_size=batch, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+    params = [(W, b) for W, b in model.params]
+    grads_flat = np.zeros_like(model.flat_params)
+    grads = model._views(grads_flat)
+    vel = np.zeros_like(grads_flat)
+    hp = np.array([LR, MOMENTUM, 0.0, 0.0, 0.0])
+    codes = [int(c) for c in model.codes]
+    L = len(params)
+    xb = np.zeros((batch, widths[0]), dtype)
+    idx = np.random.default_rng(2).permutation(X.shape[0])[:batch]
+    hs = [xb] + [np.zeros((batch, d), dtype) for d in widths[1:]]
+    ds = [None] + [np.zeros((batch, d), dtype) for d in widths[1:]]
+    rw = np.full(batch, 1.0 / batch, dtype)
+    yb = y[:batch].copy()
+
+    def gather():
+        np.take(X, idx, axis=0, out=xb)
+        yb[:] = y[idx]
+
+    def forward_products():
+        for k in range(L):
+            matmul(hs[k], params[k][0], hs[k + 1])
+
+    def bias_activation():
+        for k in range(L):
+            ka.bias_activation(hs[k + 1], params[k][1], codes[k])
+
+    def loss():
+        kl.softmax_xent_labels(hs[L], yb, rw, ds[L])
+
+    def deltas():
+        for k in range(L - 1, -1, -1):
+            ka.delta_in_place(ds[k + 1], hs[k + 1], codes[k], grads[k][1])
+
+    def backward_products():
+        for k in range(L - 1, -1, -1):
+            matmul(hs[k].T, ds[k + 1], grads[k][0])
+            if k > 0:
+                matmul(ds[k + 1], params[k][0].T, ds[k])
+
+    def update():
+        ko.all_finite(grads_flat)
+        ko.apply_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2)
+
+    return {"gather": gather, "forward GEMMs": forward_products,
+            "bias+activation": bias_activation, "softmax loss": loss,
+            "delta (g', db)": deltas, "backward GEMMs": backward_products,
+            "check+update": update}
+
+
+def phase_table(widths, batch, dtype, repeats, min_time):
+    """Print per-phase medians beside the floor and the whole fastbp step."""
+    n_batches = 16
+    phases = make_phases(widths, batch, dtype, n_batches)
+    impls = {name: (fn, 1) for name, fn in phases.items()}
+    impls["floor"] = (make_floor(widths, batch, dtype), 1)
+    impls["fastbp-epoch"] = (make_fastbp_epoch(widths, batch, dtype, n_batches), n_batches)
+    samples = measure(impls, repeats, min_time)
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    total = sum(med[k] for k in phases)
+    name = "-".join(map(str, widths))
+    print(f"== where the time goes: {name}, batch {batch}, {dtype} (kernels called one by one)")
+    for k in phases:
+        print(f"   {k:<18}{_fmt(med[k]):>12}  {100 * med[k] / total:5.1f}% of the phases  "
+              f"{med[k] / med['floor']:6.3f}x floor")
+    print(f"   {'sum of phases':<18}{_fmt(total):>12}  {total / med['floor']:6.3f}x floor")
+    print(f"   {'floor':<18}{_fmt(med['floor']):>12}")
+    print(f"   {'fastbp-epoch':<18}{_fmt(med['fastbp-epoch']):>12}  "
+          f"{med['fastbp-epoch'] / med['floor']:6.3f}x floor", flush=True)
+    return med
+
+
 def make_torch(widths, batch, dtype, compiled=False):
     import torch
     layers = []
@@ -527,6 +614,9 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true",
                    help="skip digits-vs-sklearn, startup and allocation checks")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each phase of a step (gather, GEMMs, activations, loss, "
+                        "deltas, update) for every size")
     p.add_argument("--activation-sizes", default=None,
                    help="networks for the tanh/sigmoid vs relu section (default "
                         f'"{QUICK_SIZES}"; "none" skips it)')
@@ -575,6 +665,9 @@ def main(argv=None):
         for label, ratio, target in rows:
             print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
         print(flush=True)
+        if args.phases:
+            phase_table(widths, batch, args.dtype, repeats, min_time)
+            print(flush=True)
 
     act_sizes = args.activation_sizes or QUICK_SIZES
     if act_sizes.strip().lower() != "none":
