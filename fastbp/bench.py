@@ -36,10 +36,10 @@ import numpy as np
 DEFAULT_SIZES = "64-128-10:32,784-256-128-10:64,784-256-128-10:512,1024-2048-2048-10:1024"
 QUICK_SIZES = "64-128-10:32,784-256-128-10:64"
 
-# (max fastbp/floor, max fastbp/torch) from issue 3, keyed by (widths, batch)
+# (max fastbp/floor, max fastbp/torch) from issues 3 and 10, keyed by (widths, batch)
 TARGETS = {
-    ((64, 128, 10), 32): (1.3, 0.12),
-    ((784, 256, 128, 10), 64): (1.15, 0.5),
+    ((64, 128, 10), 32): (0.7, 0.12),
+    ((784, 256, 128, 10), 64): (1.1, 0.5),
     ((784, 256, 128, 10), 512): (1.1, None),
     ((1024, 2048, 2048, 10), 1024): (1.05, 1.0),
 }
@@ -334,6 +334,13 @@ def make_jax(widths, batch, dtype):
 
 # --------------------------------------------------------------------------
 # timing
+
+
+def step_flops(widths, batch):
+    """Floating-point operations of the matrix products of one step:
+    forward and dW for every layer, dH for every layer but the first."""
+    macs = [a * b for a, b in itertools.pairwise(widths)]
+    return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
 
 
 def _timed(fn, n):
@@ -664,6 +671,9 @@ def main(argv=None):
         rows.append(("step/floor", med["fastbp-step"] / med["floor"], None))
         for label, ratio, target in rows:
             print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
+        gflops = step_flops(widths, batch) / 1e9
+        print(f"   {'GFLOP/s':<14}{gflops / fast:8.1f}   fastbp epoch path "
+              f"({gflops / med['floor']:.1f} floor; products only)")
         print(flush=True)
         if args.phases:
             phase_table(widths, batch, args.dtype, repeats, min_time)
