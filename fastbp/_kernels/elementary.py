@@ -46,7 +46,7 @@ docs/performance.md; every one is at most 4 ulp.
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from .config import FASTMATH
 
@@ -133,6 +133,7 @@ _F_ONE = f4(1.0)
 _F_TWO = f4(2.0)
 _F_SMALL = f4(0.625)
 _F_TINY = f4(2.0**-12)
+_F_SAT = f4(9.5)  # 1 - tanh(9.5) = 1.1e-8 < 2**-25, half an ulp below 1
 
 # ---- float64 constants (Cephes exp.c, tanh.c) ----
 _D_MAGIC = f8(6755399441055744.0)  # 1.5 * 2**52
@@ -161,31 +162,44 @@ _D_ONE = f8(1.0)
 _D_TWO = f8(2.0)
 _D_SMALL = f8(0.625)
 _D_TINY = f8(2.0**-27)
+_D_SAT = f8(19.5)  # 1 - tanh(19.5) = 2.3e-17 < 2**-54, half an ulp below 1
+
+
+@register_jitable(fastmath=FASTMATH)
+def _exp_parts32(xc):
+    """(p, n) with exp(xc) = p * 2**n, p in [0.7, 1.42], for a clamped xc."""
+    n = (xc * _F_LOG2E + _F_MAGIC) - _F_MAGIC
+    r = (xc - n * _F_LN2_HI) - n * _F_LN2_LO
+    z = r * r
+    p = (((((_F_E0 * r + _F_E1) * r + _F_E2) * r + _F_E3) * r + _F_E4) * r + _F_E5) * z
+    return (p + r) + _F_ONE, n
 
 
 def _exp32(x):
     xc = _where(x < _F_XMIN, _F_XMIN, x)
     xc = _where(xc > _F_XMAX, _F_XMAX, xc)
-    n = (xc * _F_LOG2E + _F_MAGIC) - _F_MAGIC
-    r = (xc - n * _F_LN2_HI) - n * _F_LN2_LO
-    z = r * r
-    p = (((((_F_E0 * r + _F_E1) * r + _F_E2) * r + _F_E3) * r + _F_E4) * r + _F_E5) * z
-    p = (p + r) + _F_ONE
+    p, n = _exp_parts32(xc)
     n1 = _where(n < _F_NLO, _F_NLO, n)
     n1 = _where(n1 > _F_NHI, _F_NHI, n1)
     y = (p * _pow2(n1)) * _pow2(n - n1)
     return _where(x != x, x, y)
 
 
-def _exp64(x):
-    xc = _where(x < _D_XMIN, _D_XMIN, x)
-    xc = _where(xc > _D_XMAX, _D_XMAX, xc)
+@register_jitable(fastmath=FASTMATH)
+def _exp_parts64(xc):
+    """(p, n) with exp(xc) = p * 2**n, p in [0.7, 1.42], for a clamped xc."""
     n = (xc * _D_LOG2E + _D_MAGIC) - _D_MAGIC
     r = (xc - n * _D_LN2_HI) - n * _D_LN2_LO
     z = r * r
     px = r * ((_D_P0 * z + _D_P1) * z + _D_P2)
     q = ((_D_Q0 * z + _D_Q1) * z + _D_Q2) * z + _D_Q3
-    p = _D_ONE + _D_TWO * _div(px, q - px)
+    return _D_ONE + _D_TWO * _div(px, q - px), n
+
+
+def _exp64(x):
+    xc = _where(x < _D_XMIN, _D_XMIN, x)
+    xc = _where(xc > _D_XMAX, _D_XMAX, xc)
+    p, n = _exp_parts64(xc)
     n1 = _where(n < _D_NLO, _D_NLO, n)
     n1 = _where(n1 > _D_NHI, _D_NHI, n1)
     y = (p * _pow2(n1)) * _pow2(n - n1)
@@ -196,11 +210,16 @@ def _tanh32(x):
     ax = _where(x < _F_ZERO, -x, x)
     z = x * x
     small = ((((_F_T0 * z + _F_T1) * z + _F_T2) * z + _F_T3) * z + _F_T4) * z * x + x
-    big = _F_ONE - _div(_F_TWO, exp(ax + ax) + _F_ONE)
+    # exp(2|x|) on |x| clamped to 9.5, where tanh rounds to 1: no overflow
+    # and no underflow, so a single 2**n and no NaN test inside
+    a = _where(ax < _F_SAT, ax, _F_SAT)
+    p, n = _exp_parts32(a + a)
+    big = _F_ONE - _div(_F_TWO, p * _pow2(n) + _F_ONE)
     big = _where(x < _F_ZERO, -big, big)
     y = _where(ax < _F_SMALL, small, big)
     # tanh(x) rounds to x below 2**-12; the select also keeps -0 as -0
-    return _where(ax < _F_TINY, x, y)
+    y = _where(ax < _F_TINY, x, y)
+    return _where(x != x, x, y)
 
 
 def _tanh64(x):
@@ -209,23 +228,40 @@ def _tanh64(x):
     num = (_D_TP0 * z + _D_TP1) * z + _D_TP2
     den = ((z + _D_TQ0) * z + _D_TQ1) * z + _D_TQ2
     small = x + x * _div(z * num, den)
-    big = _D_ONE - _div(_D_TWO, exp(ax + ax) + _D_ONE)
+    # exp(2|x|) on |x| clamped to 19.5, where tanh rounds to 1: no overflow
+    # and no underflow, so a single 2**n and no NaN test inside
+    a = _where(ax < _D_SAT, ax, _D_SAT)
+    p, n = _exp_parts64(a + a)
+    big = _D_ONE - _div(_D_TWO, p * _pow2(n) + _D_ONE)
     big = _where(x < _D_ZERO, -big, big)
     y = _where(ax < _D_SMALL, small, big)
     # tanh(x) rounds to x below 2**-27; the select also keeps -0 as -0
-    return _where(ax < _D_TINY, x, y)
+    y = _where(ax < _D_TINY, x, y)
+    return _where(x != x, x, y)
 
 
 def _sigmoid32(x):
-    e = exp(_where(x > _F_ZERO, -x, x))
-    d = _F_ONE + e
-    return _div(_where(x >= _F_ZERO, _F_ONE, e), d)
+    # e = exp(-|x|): the argument is <= 0, so only the lower clamp and the
+    # lower end of the 2**n split are needed; NaN is restored at the end
+    m = _where(x > _F_ZERO, -x, x)
+    m = _where(m < _F_XMIN, _F_XMIN, m)
+    p, n = _exp_parts32(m)
+    n1 = _where(n < _F_NLO, _F_NLO, n)
+    e = (p * _pow2(n1)) * _pow2(n - n1)
+    y = _div(_where(x >= _F_ZERO, _F_ONE, e), _F_ONE + e)
+    return _where(x != x, x, y)
 
 
 def _sigmoid64(x):
-    e = exp(_where(x > _D_ZERO, -x, x))
-    d = _D_ONE + e
-    return _div(_where(x >= _D_ZERO, _D_ONE, e), d)
+    # e = exp(-|x|): the argument is <= 0, so only the lower clamp and the
+    # lower end of the 2**n split are needed; NaN is restored at the end
+    m = _where(x > _D_ZERO, -x, x)
+    m = _where(m < _D_XMIN, _D_XMIN, m)
+    p, n = _exp_parts64(m)
+    n1 = _where(n < _D_NLO, _D_NLO, n)
+    e = (p * _pow2(n1)) * _pow2(n - n1)
+    y = _div(_where(x >= _D_ZERO, _D_ONE, e), _D_ONE + e)
+    return _where(x != x, x, y)
 
 
 # The public names: NumPy in Python, the versions above in compiled code.
