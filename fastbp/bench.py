@@ -343,12 +343,17 @@ def step_flops(widths, batch):
     return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
 
 
+#: the clock of in-process timings; ``--cpu-time`` switches it to process CPU time
+_CLOCK = [time.perf_counter]
+
+
 def _timed(fn, n):
     """Seconds for n calls of fn."""
-    t0 = time.perf_counter()
+    clock = _CLOCK[0]
+    t0 = clock()
     for _ in range(n):
         fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled):
@@ -621,6 +626,10 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true",
                    help="skip digits-vs-sklearn, startup and allocation checks")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time in-process implementations by this process's CPU time, not "
+                        "wall time: steadier on a loaded machine; meaningful with --threads 1 "
+                        "(peers in worker processes keep wall time)")
     p.add_argument("--phases", action="store_true",
                    help="also time each phase of a step (gather, GEMMs, activations, loss, "
                         "deltas, update) for every size")
@@ -636,9 +645,11 @@ def main(argv=None):
     import fastbp as fb
     if args.threads:
         fb.set_num_threads(args.threads)
+    _CLOCK[0] = time.process_time if args.cpu_time else time.perf_counter
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
-          f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
+          f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds"
+          f"{' (process CPU time)' if args.cpu_time else ''}")
     for line in machine_info():
         print(line)
     print()
