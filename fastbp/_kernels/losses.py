@@ -54,6 +54,8 @@ def softmax_xent_labels(z, y, w, dz):
             if zi[j] > m:
                 m = zi[j]
                 arg = j
+        lab = y[i]
+        zlab = zi[lab]  # read before dz (which may alias z) is written
         # exp in a loop of its own, so that it vectorises; the sum stays in
         # order (no reassociation) in the next loop.
         for j in range(c):
@@ -61,8 +63,7 @@ def softmax_xent_labels(z, y, w, dz):
         s = zero
         for j in range(c):
             s += di[j]
-        lab = y[i]
-        loss += w[i] * (np.log(s) + m - zi[lab])
+        loss += w[i] * (np.log(s) + m - zlab)
         if arg == lab:
             correct += 1
         scale = w[i] / s
@@ -207,7 +208,7 @@ def sigmoid_xent(z, t, w, dz):
             for j in range(j0, min(j0 + 64, k)):
                 a = zi[j]
                 y = ti[j]
-                e = exp(-abs(a))
+                e = np.exp(-abs(a))
                 s = one + e
                 # numerator 1 for a >= 0, e below
                 p = max(e, z.dtype.type(a >= zero)) / s
