@@ -28,11 +28,19 @@ Method (constants from Stephen L. Moshier's Cephes library, ``expf.c``,
 * tanh: for ``|x| < 0.625`` Cephes' odd polynomial (float32, degree 11) or
   rational function (float64) in ``x**2``, which keeps full relative
   precision near 0 (no ``1 - 2/(e+1)`` cancellation); beyond,
-  ``1 - 2 / (exp(2|x|) + 1)`` with the sign of x; saturates to +-1 (exp
-  overflows to inf); NaN gives NaN.
+  ``1 - 2 / (exp(2|x|) + 1)`` with the sign of x, |x| clamped first to
+  9.5 (float32) or 19.5 (float64), beyond which tanh rounds to +-1, so that
+  exp needs no overflow handling; ``x`` itself below 2**-12 or 2**-27
+  (which also keeps -0); NaN gives NaN.
 * sigmoid: ``e = exp(-|x|)`` never overflows; ``1 / (1 + e)`` for x >= 0
   and ``e / (1 + e)`` for x < 0, which keeps full relative precision for
   very negative x down to the subnormal range.
+
+Both sides of every select are computed; there is no branch.  Divisions
+go through ``_div`` (a plain IEEE ``fdiv``: Numba's ``/`` tests for a zero
+divisor, and that test kept the loops scalar) and selects through
+``_where`` (one ``select`` instruction: with Python's conditional
+expressions LLVM did not inline tanh into the loop).
 
 Measured maximum error (tests/test_elementary.py, dense sweeps and the
 extremes, against float64 NumPy for float32 and against ``np.longdouble``
