@@ -782,10 +782,10 @@ def main(argv=None):
     if args.threads:
         fb.set_num_threads(args.threads)
     sparse_kw = {"n": 1000, "epochs": 1} if args.quick else {}
+    _CLOCK[0] = time.process_time if args.cpu_time else time.perf_counter
     if args.sparse_only:
         report_sparse(args.repeats or (3 if args.quick else 5), args.dtype, **sparse_kw)
         return 0
-    _CLOCK[0] = time.process_time if args.cpu_time else time.perf_counter
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
           f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds"
