@@ -21,10 +21,17 @@ __all__ = ["MLP", "DivergenceError"]
 
 OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY}
 _PREDICT_CHUNK = 4096
+_PREDICT_VALUES = 2**24
+
+
+#: what each kernel status (network.train_step) found not finite
+_DIVERGED = {1: "loss", 2: "gradient",
+             3: "update (a parameter or optimizer state value would overflow)"}
 
 
 class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss or gradient.
+    """Training produced a non-finite loss or gradient, or a step whose
+    update would have made a parameter or optimizer state value non-finite.
 
     The model keeps the parameters from before the failing step.  The
     attributes ``epoch`` (1-based) and ``step`` (1-based batch within the
@@ -38,8 +45,8 @@ class DivergenceError(FloatingPointError):
 
     @classmethod
     def from_status(cls, status, epoch, step, batch_size):
-        """The error for a kernel status (1: loss, 2: gradient not finite)."""
-        what = "loss" if status == 1 else "gradient"
+        """The error for a kernel status (1: loss, 2: gradient, 3: update)."""
+        what = _DIVERGED.get(int(status), f"value (status {status})")
         return cls(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
                    f"(batch_size={batch_size}); parameters are those before that step. "
                    "Try a smaller learning rate or scaled inputs.", epoch, step)
@@ -101,8 +108,8 @@ class MLP:
         self.alpha = v.as_real(alpha, "alpha", 0.0)
         self.seed = v.as_seed(seed)
         self._rng = np.random.default_rng(self.seed)
-        self._params = np.zeros(self.n_params, dtype=self.dtype)
-        self._grads = np.zeros_like(self._params)
+        self._params = v.zeros(self.n_params, self.dtype, "widths", "the parameter buffer")
+        self._grads = v.zeros(self.n_params, self.dtype, "widths", "the gradient buffer")
         self._ws_key = None
         self._ws = None
         self.optimizer = None
@@ -117,8 +124,7 @@ class MLP:
 
     @property
     def n_params(self):
-        w = self.widths
-        return int(np.sum(w[:-1] * w[1:] + w[1:]))
+        return v.n_params(self.widths.tolist())
 
     @property
     def activations(self):
@@ -189,6 +195,7 @@ class MLP:
                                  f"got {t.shape}")
             if (t < 0).any():
                 raise ValueError(f"{name} target rows must be non-negative probabilities")
+            v.check_target_rows(t, name)
             return _net.XENT_TARGETS, empty_i, t
         if ya.ndim == 1 and d_out == 1:
             ya = ya.reshape(-1, 1)
@@ -198,21 +205,26 @@ class MLP:
                              f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
         return _net.SQUARED_ERROR, empty_i, t
 
-    def _workspace(self, cap):
-        """Buffers for batches of up to ``cap`` rows, reused between calls."""
+    def _workspace(self, cap, name="batch_size"):
+        """Buffers for batches of up to ``cap`` rows, reused between calls.
+        Sizes are Python ints; one too large for memory is a ValueError
+        naming ``name`` (the argument that set ``cap``)."""
         key = (cap, self.dtype, tuple(self.widths))
         if self._ws_key != key:
-            w = self.widths
+            w = [int(d) for d in self.widths]
             dt = self.dtype
+            what = f"the workspace for {cap} rows"
+            self._ws = None
+            self._ws_key = None
             self._ws = {
-                "acts": np.zeros(cap * int(w[1:].sum()), dtype=dt),
-                "delta_a": np.zeros(cap * int(w[1:].max()), dtype=dt),
-                "delta_b": np.zeros(cap * int(w[1:].max()), dtype=dt),
-                "rw": np.zeros(cap, dtype=dt),
-                "xb": np.zeros(cap * int(w[0]), dtype=dt),
-                "yb_int": np.zeros(cap, dtype=np.int64),
-                "yb_f": np.zeros(cap * int(w[-1]), dtype=dt),
-                "swb": np.zeros(cap, dtype=np.float64),
+                "acts": v.zeros(cap * sum(w[1:]), dt, name, what),
+                "delta_a": v.zeros(cap * max(w[1:]), dt, name, what),
+                "delta_b": v.zeros(cap * max(w[1:]), dt, name, what),
+                "rw": v.zeros(cap, dt, name, what),
+                "xb": v.zeros(cap * w[0], dt, name, what),
+                "yb_int": v.zeros(cap, np.int64, name, what),
+                "yb_f": v.zeros(cap * w[-1], dt, name, what),
+                "swb": v.zeros(cap, np.float64, name, what),
             }
             self._ws_key = key
         return self._ws
@@ -361,7 +373,7 @@ class MLP:
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
         s1, s2 = opt.bind(self._params)
-        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n)
+        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         status, loss, _, step = _net.train_step(
             self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
             y_int, y_f, sw, opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
@@ -386,13 +398,16 @@ class MLP:
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
         sw = v.as_sample_weight(sample_weight, n)
-        w, dt = self.widths, self.dtype
-        big = n * int(w[1:].max())
+        w, dt = [int(d) for d in self.widths], self.dtype
+        what = f"the workspace for all {n} rows"
+        big = n * max(w[1:])
+        acts = v.zeros(n * sum(w[1:]), dt, "X", what)
+        delta_a = v.zeros(big, dt, "X", what)
+        delta_b = v.zeros(big, dt, "X", what)
         grads = np.empty_like(self._params)
         loss, _ = _net.loss_and_grad(
-            self._params, grads, w, self.codes, kind, self.alpha, X, y_int, y_f, sw,
-            np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
-            np.empty(n, dt),
+            self._params, grads, self.widths, self.codes, kind, self.alpha, X, y_int, y_f,
+            sw, acts, delta_a, delta_b, np.empty(n, dt),
         )
         return float(loss), self._views(grads)
 
@@ -402,8 +417,11 @@ class MLP:
         X = self._check_X(X)
         n = X.shape[0]
         out = np.empty((n, int(self.widths[-1])), dtype=self.dtype)
-        cap = min(n, _PREDICT_CHUNK)
-        acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
+        per_row = sum(int(d) for d in self.widths[1:])
+        # rows per chunk: at most _PREDICT_CHUNK, and activations of at most
+        # _PREDICT_VALUES values, however wide the layers
+        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row))
+        acts = v.zeros(cap * per_row, self.dtype, "widths", "the activations of one row")
         for s in range(0, n, cap):
             out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
                                           X[s:s + cap], acts)
@@ -481,7 +499,7 @@ class MLP:
     @classmethod
     def load(cls, path):
         """Read a model written by ``save``; checks format, shapes and dtype."""
-        meta = load_model_file(path)
+        meta = load_model_file(path, OUTPUTS)
         model = cls.__new__(cls)
         model.widths = meta["widths"]
         model.codes = meta["codes"]
@@ -489,13 +507,7 @@ class MLP:
         model.dtype = meta["params"].dtype
         model.alpha = meta["alpha"]
         model.seed = None
-        model._rng = np.random.default_rng()
-        if meta["rng_state"] is not None:
-            try:
-                model._rng.bit_generator.state = meta["rng_state"]
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ValueError(f"cannot load model from {path!r}: bad rng_state ({exc})") \
-                    from None
+        model._rng = meta["rng"] if meta["rng"] is not None else np.random.default_rng()
         model._params = meta["params"]
         model._grads = np.zeros_like(model._params)
         model._ws_key = None
@@ -505,13 +517,13 @@ class MLP:
         if opt is not None:
             try:
                 # built through the constructor, so file settings are checked
-                kind = type(get_optimizer(str(opt["name"]).lower()))
+                kind = type(get_optimizer(opt["name"].lower()))
                 model.optimizer = kind(**opt["settings"])
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (ValueError, TypeError) as exc:
                 raise ValueError(f"cannot load model from {path!r}: bad optimizer "
                                  f"({exc})") from None
             model.optimizer.state_ = opt["state"]
-            model.optimizer.step_ = int(opt["step"])
+            model.optimizer.step_ = opt["step"]
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
         return model
