@@ -48,7 +48,7 @@ def atomic_savez(path, **arrays):
     The new file gets the mode of the file it replaces, or the default mode
     under the umask.
     """
-    path = v.as_path(path, "path")
+    path = v.check_writable_path(path, "path")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777

@@ -351,3 +351,25 @@ def as_path(path, name="path"):
         p = os.fspath(path)
         return os.fsdecode(p)
     raise TypeError(f"{name} must be a file path (str or os.PathLike); got {_describe(path)}")
+
+
+def check_writable_path(path, name="path"):
+    """Check, before any work, that a file can be written at ``path``: its
+    directory exists and is writable and ``path`` is not a directory.
+
+    Raises FileNotFoundError, IsADirectoryError or PermissionError naming
+    ``name`` and the path as given; returns the path as a str.
+    """
+    path = as_path(path, name)
+    if path == "" or os.path.isdir(path):
+        raise IsADirectoryError(f"{name} {path!r} is a directory; expected a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{name} {path!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name} {path!r}: directory {directory!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        # atomic writes replace the file, but a read-only target is a sign
+        # the user does not mean it to be overwritten
+        raise PermissionError(f"{name} {path!r} exists and is not writable")
+    return path

@@ -121,14 +121,48 @@ def _plot(history, path, regression):
         ax.set_ylabel(tr)
         ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        _write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _check_outputs(args, *options):
+    """Report an unwritable output path before any work (not after training)."""
+    from ._validation import check_writable_path
+
+    for opt in options:
+        path = getattr(args, opt)
+        if path is not None:
+            check_writable_path(path, f"--{opt}")
+
+
+def _write_atomically(path, write):
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it
+    over ``path``; errors name ``path``, never the temporary file."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=f".tmp{suffix}", dir=directory)
+        os.close(fd)
+    except OSError as exc:
+        raise OSError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _train(args):
     import fastbp as fb
+
+    _check_outputs(args, "out", "plot")
 
     if args.plot:
         try:
@@ -231,14 +265,14 @@ def _features(path, n_in, target):
 
 
 def _predict(args):
+    _check_outputs(args, "out")
     model = _load_model(args.model)
     X = _features(args.data, int(model.widths[0]), _target(args.target)).astype(model.dtype)
     pred = model.predict(X)
     if args.out:
-        tmp = f"{args.out}.tmp"
         fmt = "%d" if model.output == "softmax" else "%.8g"
-        np.savetxt(tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=",")
-        os.replace(tmp, args.out)
+        _write_atomically(args.out, lambda tmp: np.savetxt(
+            tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=","))
         print(f"wrote {pred.shape[0]} predictions to {args.out}")
     else:
         for p in np.atleast_2d(pred.T).T:
@@ -320,17 +354,24 @@ def main(argv=None):
         except ImportError as exc:
             print(f"fastbp: error: fastbp bench is not available ({exc})", file=sys.stderr)
             return 2
-        return bench.main(argv[1:])
+        return _run(bench.main, argv[1:])
     args = build_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+def _run(func, args):
+    """``func(args)`` with every error reported as one ``fastbp: error:`` line."""
     import fastbp as fb
 
     try:
-        return args.func(args)
+        return func(args)
     except fb.DivergenceError as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return 1
-    except (_CliError, ValueError, TypeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every error is one line (MemoryError too)
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, (_CliError, ValueError, TypeError, OSError)):
+            msg = f"{type(exc).__name__}: {msg}"
         print(f"fastbp: error: {msg}", file=sys.stderr)
         return 2
 

@@ -290,7 +290,8 @@ class MLP:
         progress = v.as_bool(progress, "progress")
         checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
         if checkpoint is not None:
-            checkpoint = v.as_path(checkpoint, "checkpoint")
+            # reported now, not after the first epoch
+            checkpoint = v.check_writable_path(checkpoint, "checkpoint")
         batch_size = min(v.as_positive_int(batch_size, "batch_size"), n)
         if validation_data is not None:
             try:

@@ -278,7 +278,7 @@ CASES = [
     (fb.SGD, {"lr": "0.1"}, TypeError, r"lr must be a real number; got str"),
     (fb.SGD, {"lr": True}, TypeError, r"lr must be a real number; got bool"),
     (fb.SGD, {"lr": float("nan")}, ValueError, r"lr must be finite"),
-    (fb.SGD, {"momentum": 1.0}, ValueError, r"momentum must be < 1"),
+    (fb.SGD, {"momentum": 1.5}, ValueError, r"momentum must be <= 1"),
     (fb.SGD, {"momentum": -0.1}, ValueError, r"momentum must be >= 0"),
     (fb.SGD, {"momentum": 0.9, "nesterov": 1}, TypeError, r"nesterov must be True or False"),
     (fb.SGD, {"nesterov": True}, ValueError, r"nesterov=True needs momentum > 0"),
