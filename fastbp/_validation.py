@@ -157,7 +157,8 @@ def as_sample_weight(sample_weight, n, name="sample_weight"):
         raise ValueError(f"{name} must have shape ({n},); got {sw.shape}")
     if (sw < 0).any():
         raise ValueError(f"{name} must be non-negative; got minimum {sw.min()}")
-    total = sw.sum()
+    with np.errstate(over="ignore"):
+        total = sw.sum()
     if not total > 0:
         raise ValueError(f"{name} must have a positive sum; got {total}")
     if not np.isfinite(total):
@@ -290,7 +291,7 @@ def as_widths(widths, name="widths"):
     for i, d in enumerate(items):
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Real):
             raise TypeError(f"{name}[{i}] must be a positive integer; got {_describe(d)}")
-        if not np.isfinite(d) or d != int(d):
+        if not isinstance(d, numbers.Integral) and (not np.isfinite(d) or d != int(d)):
             raise ValueError(f"{name}[{i}] must be a positive integer; got {d!r}")
         if d < 1:
             raise ValueError(f"{name}[{i}] must be >= 1; got {d!r}")

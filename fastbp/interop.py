@@ -52,9 +52,10 @@ def _checked_layers(Ws, bs, names):
 
 
 def _set_params(model, Ws, bs):
-    for (W, b), Wn, bn in zip(model.params, Ws, bs):
-        W[...] = Wn
-        b[...] = bn
+    with np.errstate(over="ignore"):  # float64 -> float32 overflow is refused below
+        for (W, b), Wn, bn in zip(model.params, Ws, bs):
+            W[...] = Wn
+            b[...] = bn
     if not np.isfinite(model.flat_params).all():
         raise ValueError(f"the weights hold values too large for {model.dtype}")
     return model
