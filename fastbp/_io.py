@@ -239,13 +239,6 @@ def open_npz(path):
     return _Archive(path, zf)
 
 
-def read_npz(path):
-    """All arrays of a .npz file as a dict (each member checked as
-    ``_Archive.array`` does, at most 2**28 values each)."""
-    with open_npz(path) as a:
-        return {k: a.array(k, 2**28) for k in a.members}
-
-
 def _scalar(path, d, key, kind, default=None):
     """A 0-d field of the file as a Python int/float/str, or a clear error."""
     if key not in d:

@@ -116,10 +116,11 @@ JIT_VALUES = dict(JIT_CHECK, inline="always")
 @njit(**JIT_VALUES)
 def _sgd_values(p, g, v, lr_, mu, keep, damp, wd, mode):
     """(new v, new p) of one element, as ``sgd_update`` computes them; mode
-    0: no momentum (v unchanged), 1: Nesterov, 2: plain momentum."""
+    0: no momentum (v is neither read nor written: 0 is returned for it),
+    1: Nesterov, 2: plain momentum."""
     d = g + wd * p
     if mode == 0:
-        return v, p - lr_ * d
+        return lr_ - lr_, p - lr_ * d  # a zero of p's dtype (lr_ is finite)
     vi = keep * v + damp * d
     if mode == 1:
         return vi, p - lr_ * (d + mu * vi)
