@@ -225,14 +225,16 @@ def open_npz(path):
             _fail(path, "it is a directory, not a file")
     try:
         if hasattr(path, "read"):
-            fh = path
-            magic = fh.read(6)
-            fh.seek(-len(magic), 1)
+            magic = path.read(6)
+            path.seek(-len(magic), 1)
         else:
             with open(path, "rb") as fh:
                 magic = fh.read(6)
-        if magic == b"\x93NUMPY":
-            _fail(path, "not a .npz archive (it holds a single ndarray)")
+    except _READ_ERRORS as exc:
+        _fail(path, f"not a readable .npz archive ({type(exc).__name__}: {exc})")
+    if magic == b"\x93NUMPY":
+        _fail(path, "not a .npz archive (it holds a single ndarray)")
+    try:
         zf = zipfile.ZipFile(path)
     except _READ_ERRORS as exc:
         _fail(path, f"not a readable .npz archive ({type(exc).__name__}: {exc})")

@@ -172,7 +172,28 @@ class MLP:
         self.history = {}
 
     # -- data --------------------------------------------------------------
+    def _check_structure(self):
+        """The model's own arrays as the kernels need them.  ``widths``,
+        ``codes``, ``output``, ``alpha`` and ``dtype`` are plain attributes a
+        user can reassign; an inconsistent change is a ValueError here, not
+        a read out of bounds in a kernel."""
+        w, c, p, g = self.widths, self.codes, self._params, self._grads
+        arrays_ok = all(isinstance(a, np.ndarray) and a.flags.c_contiguous
+                        and a.flags.aligned for a in (w, c, p, g))
+        ok = (arrays_ok and w.dtype == np.int64 and w.ndim == 1 and w.size >= 2
+              and bool((w >= 1).all()) and c.dtype == np.int64 and c.shape == (w.size - 1,)
+              and self.output in OUTPUTS and int(c[-1]) == OUTPUTS[self.output]
+              and all(int(x) in _act.ACTIVATION_NAMES for x in c[:-1])
+              and p.dtype == self.dtype and p.dtype in v.FLOAT_DTYPES
+              and p.shape == (v.n_params(w.tolist()),) and g.shape == p.shape
+              and g.dtype == p.dtype and p.flags.writeable and g.flags.writeable)
+        if not ok:
+            raise ValueError("the model's widths, codes, output, dtype or parameter buffer "
+                             "were changed and no longer agree; build a new MLP instead")
+        self.alpha = v.as_real(self.alpha, "alpha", 0.0)
+
     def _check_X(self, X, name="X"):
+        self._check_structure()
         X = v.as_float(X, name, 2, self.dtype)
         v.check_nonempty(X, name)
         if X.shape[1] != self.widths[0]:
@@ -301,8 +322,8 @@ class MLP:
             Xv = self._check_X(Xv, "validation_data[0]")
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
         opt = self._resolve_optimizer(optimizer)
+        hp = opt.checked_hyperparameters()
         s1, s2 = opt.bind(self._params)
-        hp = opt.hyperparameters()
         ws = self._workspace(batch_size)
         classify = self.output == "softmax"
         history = {"loss": []}
@@ -373,11 +394,12 @@ class MLP:
         kind, y_int, y_f = self._check_y(y, n)
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
+        hp = opt.checked_hyperparameters()
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         status, loss, _, step = _net.train_step(
             self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
-            y_int, y_f, sw, opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
+            y_int, y_f, sw, opt.kind, hp, s1, s2, opt.step_,
             ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
         )
         if status != 0:

@@ -24,6 +24,13 @@ class Optimizer:
         """float64 array as the update kernel reads it."""
         raise NotImplementedError
 
+    def checked_hyperparameters(self):
+        """``hyperparameters()`` after checking the settings again, as the
+        constructor does: they are plain attributes a user may have changed
+        (``opt.lr = "0.1"`` must not reach a kernel)."""
+        type(self)(**{k: getattr(self, k) for k in self._fields})
+        return self.hyperparameters()
+
     def bind(self, params):
         """Make sure the state matches ``params`` (size and dtype).
 
@@ -69,8 +76,8 @@ class Optimizer:
             (learning rate too large); nothing is changed.
         """
         params, grads = check_step_buffers(params, grads)
+        hp = self.checked_hyperparameters()
         s1, s2 = self.bind(params)
-        hp = self.hyperparameters()
         status = _k.check_update(self.kind, params, grads, s1, s2, hp, self.step_ + 1)
         if status == _k.BAD_GRADIENT:
             raise ValueError("grads must be finite; got NaN or infinity")

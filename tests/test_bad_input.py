@@ -387,6 +387,26 @@ def _from_torch_dict(**weights):
 
 HUGE_W = np.full(4, 1e308)
 
+
+def _tampered(what, call="predict", **attrs):
+    """A callable that changes public attributes of a fresh model (or of its
+    optimizer) and then calls ``call``: never a kernel reading out of bounds."""
+
+    def run():
+        m = clf()
+        opt = fb.SGD(lr=0.1, momentum=0.5)
+        for k, val in attrs.items():
+            setattr(opt if what == "optimizer" else m, k, val)
+        if call == "predict":
+            return m.predict(X)
+        if call == "train_on_batch":
+            return m.train_on_batch(X, Y, optimizer=opt)
+        return m.fit(X, Y, epochs=1, optimizer=opt)
+
+    run.__qualname__ = f"tampered-{what}.{call}"
+    return run
+
+
 RELIABILITY_CASES = [
     # 1. crashes: every buffer handed to an update kernel is checked first
     (adam_step, {"params": P7, "grads": np.ones(5)}, ValueError, r"grads must have the shape of params \(7,\); got \(5,\)"),
@@ -409,6 +429,16 @@ RELIABILITY_CASES = [
     (fb.MLP, {"widths": [3, 1e300]}, ValueError, r"widths .* parameters; at most"),
     (fb.MLP, {"widths": [1, 2**37, 2]}, ValueError, r"widths: the parameter buffer needs .* GiB"),
     (fb.MLP, {"widths": [2] * 3000}, None, None),
+    (_tampered("model", widths=np.array([3, 400, 2])), {}, ValueError, r"widths, codes, output, dtype or parameter buffer were changed"),
+    (_tampered("model", "fit", widths=np.array([3, 4, 2], np.int32)), {}, ValueError, r"no longer agree"),
+    (_tampered("model", codes=np.array([1, 9])), {}, ValueError, r"no longer agree"),
+    (_tampered("model", "train_on_batch", codes=np.array([1, 1])), {}, ValueError, r"no longer agree"),
+    (_tampered("model", dtype=np.dtype(np.float64)), {}, ValueError, r"no longer agree"),
+    (_tampered("model", "fit", alpha="0.1"), {}, TypeError, r"alpha must be a real number; got str"),
+    (_tampered("model", "fit", output="sigmoid-ish"), {}, ValueError, r"no longer agree"),
+    (_tampered("optimizer", "fit", lr="0.1"), {}, TypeError, r"lr must be a real number; got str"),
+    (_tampered("optimizer", "train_on_batch", momentum=3.0), {}, ValueError, r"momentum must be <= 1"),
+    (_tampered("optimizer", "fit", nesterov="yes"), {}, TypeError, r"nesterov must be True or False"),
     # 2. silent wrong results: refused instead
     (fit, {"X": X, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
     (sce, {"logits": Z, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
