@@ -448,6 +448,11 @@ class MLP:
         for s in range(0, n, cap):
             out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
                                           X[s:s + cap], acts)
+        if not np.isfinite(out).all():
+            row = int(np.argmax(~np.isfinite(out).all(axis=1)))
+            raise ValueError(f"X: the network's outputs overflow to infinity or NaN (first "
+                             f"at row {row}, largest |X| {np.abs(X).max():.3g}); scale the "
+                             "inputs as the training data were")
         return out
 
     def predict_proba(self, X):

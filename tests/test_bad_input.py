@@ -440,6 +440,8 @@ RELIABILITY_CASES = [
     (_tampered("optimizer", "train_on_batch", momentum=3.0), {}, ValueError, r"momentum must be <= 1"),
     (_tampered("optimizer", "fit", nesterov="yes"), {}, TypeError, r"nesterov must be True or False"),
     # 2. silent wrong results: refused instead
+    (predict_proba, {"X": np.full((4, 3), 3e38)}, ValueError, r"X: the network's outputs overflow .*row 0"),
+    (evaluate, {"X": np.full((4, 3), 3e38), "y": Y}, ValueError, r"X: the network's outputs overflow"),
     (fit, {"X": X, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
     (sce, {"logits": Z, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
     (evaluate, {"X": X, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),

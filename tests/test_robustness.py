@@ -583,3 +583,20 @@ def test_cli_absurd_layers_one_line(capsys):
     rc = main(["train", "--layers", f"{10**7},{10**7}", "--no-progress"])
     assert rc == 2
     assert "widths" in _last_error_line(capsys)
+
+
+def test_batch_of_zero_weights_contributes_nothing():
+    """A batch whose rows all weigh 0 (the total is positive) is a step with
+    a zero data gradient, not a 0/0 inside the kernel."""
+    X, y = _data(n=8)
+    sw = np.array([0, 0, 0, 0, 1, 1, 1, 1.0])
+    m = fb.MLP([5, 4, 3], seed=0)
+    before = m.flat_params.copy()
+    m.fit(X, y, epochs=1, batch_size=4, shuffle=False, sample_weight=sw,
+          optimizer=fb.SGD(lr=0.1))
+    ref = fb.MLP([5, 4, 3], seed=0)
+    ref.fit(X[4:], y[4:], epochs=1, batch_size=4, shuffle=False, optimizer=fb.SGD(lr=0.1))
+    np.testing.assert_array_equal(m.flat_params, ref.flat_params)  # plain SGD: 0 step
+    assert not np.array_equal(m.flat_params, before)
+    loss, _ = m.loss_and_grad(X[:4], y[:4], sample_weight=np.zeros(4) + 1e-320)
+    assert np.isfinite(loss)
