@@ -21,6 +21,14 @@ BAD_GRADIENT = 2
 BAD_UPDATE = 3
 
 
+# The checks divide as the updates do; Numba's default error model puts a
+# zero-divisor test (Python's ZeroDivisionError) in every division, which
+# stops the loop from vectorising.  The "numpy" model divides as IEEE 754
+# does, bit for bit the same quotient.
+JIT_CHECK = dict(JIT, error_model="numpy")
+JIT_VALUES = dict(JIT_CHECK, inline="always")
+
+
 @njit(**JIT)
 def _max_masked(bits, mask):
     worst = bits.dtype.type(0)
@@ -80,7 +88,7 @@ def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
             p[i] -= lr_ * vi
 
 
-@njit(**JIT)
+@njit(**JIT_CHECK)  # IEEE division (see JIT_CHECK): the loop vectorises
 def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """Adam (Kingma & Ba) with bias correction; ``step`` counts from 1.
 
@@ -105,12 +113,6 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         p[i] -= step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
 
 
-# The checks divide as the updates do; Numba's default error model puts a
-# zero-divisor test (Python's ZeroDivisionError) in every division, which
-# stops the loop from vectorising.  The "numpy" model divides as IEEE 754
-# does, bit for bit the same quotient.
-JIT_CHECK = dict(JIT, error_model="numpy")
-JIT_VALUES = dict(JIT_CHECK, inline="always")
 
 
 @njit(**JIT_VALUES)
@@ -135,11 +137,12 @@ def sgd_check(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
 
     The arithmetic is ``sgd_update``'s, operation for operation (no
     ``contract`` flag, so no fused multiply-add differs), so the verdict is
-    exact.  The first loop's test ``|g| + |v'| + |p'| < inf`` is false for
-    any inf or NaN and is a boolean AND, which vectorises without any
-    fastmath flag (costing about what ``all_finite(g)`` did); only when it
-    fails (divergence, or finite values near the overflow threshold) does a
-    second loop tell a bad gradient from a bad update exactly.
+    exact.  The first loop's test ``|v'| + |p'| < inf`` is false for any
+    inf or NaN (a non-finite g makes p' or v' non-finite: 0 * inf is NaN)
+    and is a boolean AND, which vectorises without any fastmath flag; only
+    when it fails (divergence, or finite values near the overflow
+    threshold) does a second loop tell a bad gradient from a bad update
+    exactly.
     """
     t = p.dtype.type
     inf = t(np.inf)
@@ -155,7 +158,7 @@ def sgd_check(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
     ok = True
     for i in range(p.size):
         vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
-        ok &= abs(g[i]) + abs(vi) + abs(pi) < inf
+        ok &= abs(vi) + abs(pi) < inf
     if ok:
         return UPDATE_OK
     bad_g = False
@@ -196,7 +199,7 @@ def adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     for i in range(p.size):
         mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
                                   inv_bc2, eps_)
-        ok &= abs(g[i]) + abs(mi) + abs(vi) + abs(pi) < inf
+        ok &= abs(mi) + abs(vi) + abs(pi) < inf
     if ok:
         return UPDATE_OK
     bad_g = False
