@@ -322,7 +322,7 @@ class MLP:
             Xv = self._check_X(Xv, "validation_data[0]")
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
         opt = self._resolve_optimizer(optimizer)
-        hp = opt.checked_hyperparameters()
+        hp = opt.checked_hyperparameters(self.dtype)
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(batch_size)
         classify = self.output == "softmax"
@@ -394,7 +394,7 @@ class MLP:
         kind, y_int, y_f = self._check_y(y, n)
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
-        hp = opt.checked_hyperparameters()
+        hp = opt.checked_hyperparameters(self.dtype)
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         status, loss, _, step = _net.train_step(

@@ -24,11 +24,20 @@ class Optimizer:
         """float64 array as the update kernel reads it."""
         raise NotImplementedError
 
-    def checked_hyperparameters(self):
+    #: settings that must stay > 0 once cast to the parameters' dtype
+    _POSITIVE = ("lr",)
+
+    def checked_hyperparameters(self, dtype):
         """``hyperparameters()`` after checking the settings again, as the
         constructor does: they are plain attributes a user may have changed
-        (``opt.lr = "0.1"`` must not reach a kernel)."""
+        (``opt.lr = "0.1"`` must not reach a kernel).  A positive setting
+        that rounds to 0 in ``dtype`` (``lr=1e-50`` in float32: no training
+        at all; ``eps=1e-50``: 0/0 for a zero gradient) is refused."""
         type(self)(**{k: getattr(self, k) for k in self._fields})
+        for k in self._POSITIVE:
+            if np.dtype(dtype).type(getattr(self, k)) == 0:
+                raise ValueError(f"{k}={getattr(self, k)!r} rounds to 0 in {np.dtype(dtype)}; "
+                                 f"use {k} >= {np.finfo(dtype).tiny:.3g}")
         return self.hyperparameters()
 
     def bind(self, params):
@@ -76,7 +85,7 @@ class Optimizer:
             (learning rate too large); nothing is changed.
         """
         params, grads = check_step_buffers(params, grads)
-        hp = self.checked_hyperparameters()
+        hp = self.checked_hyperparameters(params.dtype)
         s1, s2 = self.bind(params)
         status = _k.check_update(self.kind, params, grads, s1, s2, hp, self.step_ + 1)
         if status == _k.BAD_GRADIENT:
@@ -178,6 +187,7 @@ class Adam(Optimizer):
 
     kind = _k.ADAM
     _fields = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _POSITIVE = ("lr", "eps")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__()

@@ -571,12 +571,12 @@ def test_cli_memory_error_is_one_line(monkeypatch, capsys):
     def boom(args):
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(cli, "_train", boom)
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=boom)
+    monkeypatch.setattr(cli, "_train", boom)  # build_parser binds the patched one
     assert main(["train"]) == 2
     assert "MemoryError: out of memory" in _last_error_line(capsys)
+    monkeypatch.setattr(cli, "_train", lambda args: {}["missing"])
+    assert main(["train"]) == 2
+    assert "KeyError" in _last_error_line(capsys)
 
 
 def test_cli_absurd_layers_one_line(capsys):
