@@ -32,12 +32,16 @@ class Optimizer:
         constructor does: they are plain attributes a user may have changed
         (``opt.lr = "0.1"`` must not reach a kernel).  A positive setting
         that rounds to 0 in ``dtype`` (``lr=1e-50`` in float32: no training
-        at all; ``eps=1e-50``: 0/0 for a zero gradient) is refused."""
+        at all; ``eps=1e-50``: 0/0 for a zero gradient), or is infinite
+        there, is refused."""
         type(self)(**{k: getattr(self, k) for k in self._fields})
+        info = np.finfo(dtype)
         for k in self._POSITIVE:
-            if np.dtype(dtype).type(getattr(self, k)) == 0:
-                raise ValueError(f"{k}={getattr(self, k)!r} rounds to 0 in {np.dtype(dtype)}; "
-                                 f"use {k} >= {np.finfo(dtype).tiny:.3g}")
+            value = getattr(self, k)
+            if value < info.tiny or value > info.max:
+                raise ValueError(f"{k}={value!r} {'rounds to 0' if value < info.tiny else 'overflows'}"
+                                 f" in {info.dtype}; use {info.tiny:.3g} <= {k} <= "
+                                 f"{info.max:.3g}")
         return self.hyperparameters()
 
     def bind(self, params):

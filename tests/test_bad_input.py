@@ -439,8 +439,9 @@ RELIABILITY_CASES = [
     (_tampered("optimizer", "fit", lr="0.1"), {}, TypeError, r"lr must be a real number; got str"),
     (_tampered("optimizer", "train_on_batch", momentum=3.0), {}, ValueError, r"momentum must be <= 1"),
     (_tampered("optimizer", "fit", nesterov="yes"), {}, TypeError, r"nesterov must be True or False"),
-    (_tampered("optimizer", "fit", lr=1e-50), {}, ValueError, r"lr=1e-50 rounds to 0 in float32; use lr >= 1.18e-38"),
+    (_tampered("optimizer", "fit", lr=1e-50), {}, ValueError, r"lr=1e-50 rounds to 0 in float32; use 1.18e-38 <= lr <= 3.4e\+38"),
     (fit, {"X": X, "y": Y, "optimizer": fb.Adam(eps=1e-60)}, ValueError, r"eps=1e-60 rounds to 0 in float32"),
+    (train_on_batch, {"X": X, "y": Y, "optimizer": fb.Adam(lr=1e39)}, ValueError, r"lr=1e\+39 overflows in float32"),
     (_step(fb.Adam, eps=1e-60), {"params": P7.astype(np.float32), "grads": np.zeros(7)}, ValueError, r"eps=1e-60 rounds to 0 in float32"),
     # 2. silent wrong results: refused instead
     (predict_proba, {"X": np.full((4, 3), 3e38)}, ValueError, r"X: the network's outputs overflow .*row 0"),
