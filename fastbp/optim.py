@@ -36,12 +36,13 @@ class Optimizer:
         there, is refused."""
         type(self)(**{k: getattr(self, k) for k in self._fields})
         info = np.finfo(dtype)
+        tiny, big = float(info.tiny), float(info.max)
         for k in self._POSITIVE:
             value = getattr(self, k)
-            if value < info.tiny or value > info.max:
-                raise ValueError(f"{k}={value!r} {'rounds to 0' if value < info.tiny else 'overflows'}"
-                                 f" in {info.dtype}; use {info.tiny:.3g} <= {k} <= "
-                                 f"{info.max:.3g}")
+            if value < tiny or value > big:
+                what = "rounds to 0" if value < tiny else "overflows"
+                raise ValueError(f"{k}={value!r} {what} in {info.dtype}; use {tiny:.3g} <= "
+                                 f"{k} <= {big:.3g}")
         return self.hyperparameters()
 
     def bind(self, params):
