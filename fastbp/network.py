@@ -186,11 +186,19 @@ class MLP:
               and all(int(x) in _act.ACTIVATION_NAMES for x in c[:-1])
               and p.dtype == self.dtype and p.dtype in v.FLOAT_DTYPES
               and p.shape == (v.n_params(w.tolist()),) and g.shape == p.shape
-              and g.dtype == p.dtype and p.flags.writeable and g.flags.writeable)
+              and g.dtype == p.dtype)
         if not ok:
             raise ValueError("the model's widths, codes, output, dtype or parameter buffer "
                              "were changed and no longer agree; build a new MLP instead")
         self.alpha = v.as_real(self.alpha, "alpha", 0.0)
+
+    def _make_writeable(self):
+        """Training writes the parameter and gradient buffers in place; a
+        model unpickled from a read-only memory map gets its own copies."""
+        if not self._params.flags.writeable:
+            self._params = self._params.copy()
+        if not self._grads.flags.writeable:
+            self._grads = np.zeros_like(self._params)
 
     def _check_X(self, X, name="X"):
         self._check_structure()
@@ -323,6 +331,7 @@ class MLP:
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
         opt = self._resolve_optimizer(optimizer)
         hp = opt.checked_hyperparameters(self.dtype)
+        self._make_writeable()
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(batch_size)
         classify = self.output == "softmax"
@@ -395,6 +404,7 @@ class MLP:
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
         hp = opt.checked_hyperparameters(self.dtype)
+        self._make_writeable()
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         status, loss, _, step = _net.train_step(

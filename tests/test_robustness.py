@@ -603,3 +603,16 @@ def test_batch_of_zero_weights_contributes_nothing():
     assert not np.array_equal(m.flat_params, before)
     loss, _ = m.loss_and_grad(X[:4], y[:4], sample_weight=np.zeros(4) + 1e-320)
     assert np.isfinite(loss)
+
+
+def test_read_only_parameters_predict_and_train():
+    """A model whose buffers are read-only (unpickled from a read-only memory
+    map) predicts as is and trains on its own copies."""
+    X, y = _data()
+    m = fb.MLP([5, 4, 3], seed=0)
+    want = m.predict_proba(X)
+    m._params.flags.writeable = False
+    m._grads.flags.writeable = False
+    np.testing.assert_array_equal(m.predict_proba(X), want)
+    m.fit(X, y, epochs=1, optimizer=fb.SGD(lr=0.1))
+    assert m.flat_params.flags.writeable and not np.array_equal(m.predict_proba(X), want)
