@@ -103,6 +103,8 @@ class MLP:
         codes = _hidden_codes(activation, len(w) - 2) + [OUTPUTS[output]]
         self.widths = np.array(w, dtype=np.int64)
         self.codes = np.array(codes, dtype=np.int64)
+        self.widths.flags.writeable = False  # the buffers' layout hangs on them
+        self.codes.flags.writeable = False
         self.output = output
         self.dtype = v.resolve_dtype(dtype)
         self.alpha = v.as_real(alpha, "alpha", 0.0)
@@ -176,8 +178,17 @@ class MLP:
         """The model's own arrays as the kernels need them.  ``widths``,
         ``codes``, ``output``, ``alpha`` and ``dtype`` are plain attributes a
         user can reassign; an inconsistent change is a ValueError here, not
-        a read out of bounds in a kernel."""
+        a read out of bounds in a kernel.
+
+        After a full check, ``widths`` and ``codes`` are made read-only (so
+        they cannot change in place) and the identities of the checked
+        objects are remembered: the next call costs one tuple comparison
+        unless something was reassigned.
+        """
         w, c, p, g = self.widths, self.codes, self._params, self._grads
+        key = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
+        if key == getattr(self, "_checked", None):
+            return
         arrays_ok = all(isinstance(a, np.ndarray) and a.flags.c_contiguous
                         and a.flags.aligned for a in (w, c, p, g))
         ok = (arrays_ok and w.dtype == np.int64 and w.ndim == 1 and w.size >= 2
@@ -191,6 +202,13 @@ class MLP:
             raise ValueError("the model's widths, codes, output, dtype or parameter buffer "
                              "were changed and no longer agree; build a new MLP instead")
         self.alpha = v.as_real(self.alpha, "alpha", 0.0)
+        if w.flags.writeable:
+            self.widths = w = w.copy()
+            w.flags.writeable = False
+        if c.flags.writeable:
+            self.codes = c = c.copy()
+            c.flags.writeable = False
+        self._checked = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
 
     def _make_writeable(self):
         """Training writes the parameter and gradient buffers in place; a
@@ -565,6 +583,11 @@ class MLP:
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
         return model
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_checked", None)  # object ids mean nothing in another process
+        return state
 
     def __repr__(self):
         acts = self.activations

@@ -34,7 +34,11 @@ class Optimizer:
         that rounds to 0 in ``dtype`` (``lr=1e-50`` in float32: no training
         at all; ``eps=1e-50``: 0/0 for a zero gradient), or is infinite
         there, is refused."""
-        type(self)(**{k: getattr(self, k) for k in self._fields})
+        settings = {k: getattr(self, k) for k in self._fields}
+        key = (np.dtype(dtype), tuple((type(x), x) for x in settings.values()))
+        if key == getattr(self, "_checked", None):
+            return self.hyperparameters()
+        type(self)(**settings)
         info = np.finfo(dtype)
         tiny, big = float(info.tiny), float(info.max)
         for k in self._POSITIVE:
@@ -43,6 +47,7 @@ class Optimizer:
                 what = "rounds to 0" if value < tiny else "overflows"
                 raise ValueError(f"{k}={value!r} {what} in {info.dtype}; use {tiny:.3g} <= "
                                  f"{k} <= {big:.3g}")
+        self._checked = key  # the same settings are not checked again
         return self.hyperparameters()
 
     def bind(self, params):

@@ -388,6 +388,13 @@ def _from_torch_dict(**weights):
 HUGE_W = np.full(4, 1e308)
 
 
+def _in_place(model, name, index, value):
+    """``model.<name>[index] = value`` after the model was used once."""
+    model.predict(X)
+    getattr(model, name)[index] = value
+    return model
+
+
 def _tampered(what, call="predict", **attrs):
     """A callable that changes public attributes of a fresh model (or of its
     optimizer) and then calls ``call``: never a kernel reading out of bounds."""
@@ -431,6 +438,8 @@ RELIABILITY_CASES = [
     (fb.MLP, {"widths": [2] * 3000}, None, None),
     (_tampered("model", widths=np.array([3, 400, 2])), {}, ValueError, r"widths, codes, output, dtype or parameter buffer were changed"),
     (_tampered("model", "fit", widths=np.array([3, 4, 2], np.int32)), {}, ValueError, r"no longer agree"),
+    (method("predict", lambda: _in_place(clf(), "widths", 1, 400)), {"X": X}, ValueError, r"read-only"),
+    (method("fit", lambda: _in_place(clf(), "codes", 1, 2)), {"X": X, "y": Y}, ValueError, r"read-only"),
     (_tampered("model", codes=np.array([1, 9])), {}, ValueError, r"no longer agree"),
     (_tampered("model", "train_on_batch", codes=np.array([1, 1])), {}, ValueError, r"no longer agree"),
     (_tampered("model", dtype=np.dtype(np.float64)), {}, ValueError, r"no longer agree"),

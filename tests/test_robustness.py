@@ -616,3 +616,23 @@ def test_read_only_parameters_predict_and_train():
     np.testing.assert_array_equal(m.predict_proba(X), want)
     m.fit(X, y, epochs=1, optimizer=fb.SGD(lr=0.1))
     assert m.flat_params.flags.writeable and not np.array_equal(m.predict_proba(X), want)
+
+
+def test_structure_check_is_cached_but_sees_reassignment():
+    import pickle
+
+    X, y = _data()
+    m = fb.MLP([5, 4, 3], seed=0)
+    m.predict(X)
+    assert not m.widths.flags.writeable and not m.codes.flags.writeable
+    m2 = pickle.loads(pickle.dumps(m))
+    assert "_checked" not in m2.__dict__
+    np.testing.assert_array_equal(m2.predict(X), m.predict(X))
+    m.widths = np.array([5, 40, 3])       # reassigned: checked again
+    with pytest.raises(ValueError, match="no longer agree"):
+        m.predict(X)
+    opt = fb.SGD(lr=0.1)
+    m2.fit(X, y, epochs=1, optimizer=opt)
+    opt.lr = -1.0                          # changed after a checked fit
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        m2.fit(X, y, epochs=1, optimizer=opt)
