@@ -22,9 +22,13 @@ from ._kernels.activations import ACTIVATION_NAMES, IDENTITY
 FORMAT = "fastbp-mlp"
 FORMAT_VERSION = 1
 
-#: output kind -> activation code of the output layer (network.OUTPUTS is
-#: passed in by MLP.load; this is the default for direct callers)
-OUTPUT_CODES = {"softmax": IDENTITY, "identity": IDENTITY}
+#: output kind -> (activation code its last layer must have, least outputs);
+#: the loss applies the softmax or sigmoid, so every last layer is identity
+OUTPUT_KINDS = {
+    "softmax": (IDENTITY, 2),
+    "identity": (IDENTITY, 1),
+    "sigmoid": (IDENTITY, 1),
+}
 
 
 def _umask():
@@ -364,15 +368,14 @@ def _check_optimizer(path, d, optimizer, params, widths):
     return {"name": name, "settings": settings, "step": step, "state": tuple(state)}
 
 
-def check_model_arrays(path, d, outputs=None):
+def check_model_arrays(path, d):
     """Validate the members of a model file (an ``_Archive``) field by field,
     reading each only after the fields it depends on passed; returns the
     fields as Python values and fresh arrays.
 
-    ``outputs`` maps each output kind to the activation code its layer must
-    have (``network.OUTPUTS``); a new output kind is one more entry there.
+    The output kind and its last layer are checked against ``OUTPUT_KINDS``
+    (a new output kind is one more row there).
     """
-    outputs = OUTPUT_CODES if outputs is None else outputs
     if "format" not in d:
         _fail(path, f"not a fastbp model file (format tag {FORMAT!r} missing)")
     try:
@@ -413,14 +416,13 @@ def check_model_arrays(path, d, outputs=None):
     if not all(c in ACTIVATION_NAMES for c in codes[:-1]) or codes[-1] not in ACTIVATION_NAMES:
         _fail(path, f"unknown activation codes {codes[:8]}")
     output = _scalar(path, d, "output", str)
-    if output not in outputs:
+    if output not in OUTPUT_KINDS:
         _fail(path, f"unknown output {output!r}; expected one of "
-                    f"{', '.join(repr(k) for k in outputs)}")
-    if codes[-1] != outputs[output]:
-        _fail(path, f"the output layer's activation code {codes[-1]} does not match "
-                    f"output {output!r} (expected {outputs[output]})")
-    if output == "softmax" and w[-1] < 2:
-        _fail(path, f"a softmax output needs at least 2 classes; got widths[-1]={w[-1]}")
+                    f"{', '.join(map(repr, OUTPUT_KINDS))}")
+    last_code, least = OUTPUT_KINDS[output]
+    if codes[-1] != last_code or w[-1] < least:
+        _fail(path, f"output {output!r} needs a last layer with activation code {last_code} "
+                    f"and at least {least} unit(s); got code {codes[-1]} and {w[-1]} unit(s)")
     alpha = _scalar(path, d, "alpha", float)
     if not np.isfinite(alpha) or alpha < 0:
         _fail(path, f"alpha must be finite and >= 0; got {alpha}")
@@ -451,7 +453,7 @@ def check_model_arrays(path, d, outputs=None):
     }
 
 
-def load_model_file(path, outputs=None):
+def load_model_file(path):
     """The checked fields of a model file (see ``check_model_arrays``)."""
     with open_npz(path) as archive:
-        return check_model_arrays(path, archive, outputs)
+        return check_model_arrays(path, archive)

@@ -74,3 +74,9 @@ def test_asv_timeraw_sources_compile():
     for meth in dir(obj):
         if meth.startswith("timeraw_"):
             compile(getattr(obj, meth)(), meth, "exec")
+
+
+def test_output_epochs_runs():
+    samples = bench.output_epochs(1, widths=(8, 16, 3), n=64, batch=8)
+    assert set(samples) == {"softmax", "sigmoid-multilabel", "softmax-2class",
+                            "sigmoid-binary"}

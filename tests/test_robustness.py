@@ -263,10 +263,10 @@ def _replace_member(src, dst, name, raw):
 OPT = {"name": "Adam", "settings": {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                                     "weight_decay": 0.0}, "step": 6}
 BAD_FILES = [
-    ("output code relu", {"codes": np.array([1, 1])}, r"output layer's activation code 1 does not match output 'softmax'"),
-    ("output code tanh", {"codes": np.array([3, 3])}, r"does not match output"),
+    ("output code relu", {"codes": np.array([1, 1])}, r"output 'softmax' needs a last layer with activation code 0 .*got code 1"),
+    ("output code tanh", {"codes": np.array([3, 3])}, r"needs a last layer with activation code 0"),
     ("hidden code unknown", {"codes": np.array([-1, 0])}, r"unknown activation codes"),
-    ("identity 1 class softmax", {"widths": np.array([5, 7, 1])}, r"parameters have shape|at least 2 classes"),
+    ("identity 1 class softmax", {"widths": np.array([5, 7, 1])}, r"at least 2 unit"),
     ("widths overflow int64", {"widths": np.array([2**31, 2**31, 2**31, 3], np.int64)}, r"bad widths .*parameters, more than"),
     ("widths uint64 huge", {"widths": np.array([2**64 - 1, 2], np.uint64)}, r"bad widths"),
     ("widths too big for memory", {"widths": np.array([5, 2**35, 3])}, r"bad widths .*do not fit"),
