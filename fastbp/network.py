@@ -570,11 +570,11 @@ class MLP:
         delta_b = v.zeros(big, dt, "X", what)
         grads = np.empty_like(self._params)
         if isinstance(X, v.SparseRows):
-            loss, _ = _sparse_kernels().loss_and_grad_sparse(
-                self._params, grads, w, self.codes, kind, self.alpha,
+            kernel = _sparse_kernels().loss_and_grad_sparse
+            loss, _ = kernel(
+                self._params, grads, self.widths, self.codes, kind, self.alpha,
                 X.data, X.indices, X.indptr, y_int, y_f, sw,
-                np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
-                np.empty(n, dt),
+                acts, delta_a, delta_b, np.empty(n, dt),
             )
             return float(loss), self._views(grads)
         loss, _ = _net.loss_and_grad(
