@@ -23,3 +23,8 @@ FASTMATH = {"nsz"}
 # cache=True: a second process loads machine code from __pycache__ instead of
 # compiling again.  nogil: callers may run kernels from several Python threads.
 JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH}
+
+# For small kernels with one call site in the training path: their Numba IR is
+# copied into the caller, so they are neither compiled on their own nor
+# optimised again inside each caller.  Called from Python they compile as usual.
+JIT_INLINE = dict(JIT, inline="always")
