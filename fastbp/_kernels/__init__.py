@@ -73,10 +73,7 @@ def cache_dir():
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
         return path if os.access(os.path.dirname(path), os.W_OK) else None
     for cls in CacheImpl._locator_classes:
-        try:
-            loc = cls.from_function(_probe, os.path.abspath(__file__))
-        except Exception:  # noqa: BLE001 (a locator that does not apply)
-            continue
+        loc = cls.from_function(_probe, os.path.abspath(__file__))
         if loc is not None:
             return loc.get_cache_path()
     return None

@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 from numba.core.errors import NumbaPerformanceWarning
 
-from .config import JIT, JIT_INLINE
+from .config import JIT_INLINE
 
 ROW_MAJOR = 101
 NO_TRANS = 111
