@@ -74,3 +74,16 @@ def test_asv_timeraw_sources_compile():
     for meth in dir(obj):
         if meth.startswith("timeraw_"):
             compile(getattr(obj, meth)(), meth, "exec")
+
+
+def test_startup_report_prints_ratios(monkeypatch, capsys):
+    """The report's arithmetic and layout, on made-up timings (running the
+    real scripts takes a minute of compilation)."""
+    rep = {k: [(1.0, 0.5), (3.0, 1.5)] for k in bench.STARTUP_KEYS}
+    rep["naive step, cold"] = [(10.0, 4.0), (10.0, 4.0)]
+    rep["extras"] = [{"float64": (2.0, 1.0)}, {"float64": (4.0, 3.0)}]
+    bench.print_startup_report(rep)
+    out = capsys.readouterr().out
+    assert "cold / naive step" in out and "warm / import numba" in out
+    assert "0.20x" in out and "0.25x" in out  # cold: 2/10 wall, 1/4 cpu
+    assert "first float64" in out and "MISS" in out  # 2.0 s CPU > 1 s

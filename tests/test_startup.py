@@ -113,3 +113,14 @@ def test_fit_with_progress_says_it_compiles_first(monkeypatch, capsys):
     bar_at = err.find("fit:")
     assert bar_at > err.index("compiling"), err
     assert "1/3" in err and "0/3" not in err, err
+
+
+def test_cli_prepare(capsys):
+    from fastbp.cli import main
+
+    assert main(["prepare", "--dtype", "float64", "--what", "fit"]) == 0
+    out = capsys.readouterr().out
+    assert "fastbp: " in out and "float64" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "--dtype", "int8"])
+    assert exc.value.code == 2
