@@ -631,6 +631,53 @@ def print_startup_report(rep):
         print(f"   {label:<26}{rw:7.2f}x{rc:8.2f}x   {verdict}")
 
 
+_PROFILE_SCRIPT = """
+import time, json
+from numba.core import event
+rows, stack = [], []
+class Listener(event.Listener):
+    def on_start(self, ev):
+        stack.append([time.process_time(), 0.0])
+    def on_end(self, ev):
+        t0, child = stack.pop()
+        dt = time.process_time() - t0
+        f = ev.data["dispatcher"].py_func
+        name = f.__module__.rsplit(".", 1)[-1] + "." + f.__qualname__
+        args = ", ".join("{}[{}d {}]".format(a.dtype, a.ndim, a.layout)
+                         if hasattr(a, "ndim") else str(a).split("(")[0]
+                         for a in ev.data["args"])
+        rows.append((dt - child, dt, len(stack), name, args))
+        if stack:
+            stack[-1][1] += dt
+with event.install_listener("numba:compile", Listener()):
+    exec(compile(SCRIPT, "first_fit", "exec"))
+print("PROFILE", json.dumps(rows))
+"""
+
+
+def compile_profile():
+    """The cold first fit's compilations, one row per compiled function:
+    (own CPU s, CPU s with what it compiled on the way, depth, name, args).
+    Runs in a fresh process with an empty cache."""
+    import json
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory() as cache:
+        env["NUMBA_CACHE_DIR"] = cache
+        script = f"SCRIPT = {STARTUP_FIRST_FIT!r}\n" + _PROFILE_SCRIPT
+        _, _, lines = _run_timed(script + "print(0, 0)\n", env)
+    return json.loads(next(ln for ln in lines if ln.startswith("PROFILE"))[8:])
+
+
+def print_compile_profile(rows):
+    print(f"   {'own cpu':>8} {'with callees':>12}   function (argument types)")
+    for own, incl, depth, name, args in rows:
+        print(f"   {own:7.2f}s {incl:11.2f}s   {'  ' * depth}{name}({args})")
+    print(f"   {sum(r[0] for r in rows):7.2f}s in {len(rows)} compilations")
+
+
 def startup_times():
     """(cold, warm) wall seconds of import + first fit, each in a fresh process."""
     rep = startup_report(rounds=1, extras=False)
@@ -705,7 +752,14 @@ def main(argv=None):
     p.add_argument("--startup", type=int, metavar="ROUNDS", default=None,
                    help="only the start-up report (cold and warm start against the "
                         "references), over ROUNDS rounds of fresh processes")
+    p.add_argument("--compile-profile", action="store_true",
+                   help="only list what the cold first fit compiles, with CPU time each")
     args = p.parse_args(argv)
+    if args.compile_profile:
+        print("fastbp bench --compile-profile: functions compiled by import + first fit "
+              "(64-128-10 float32), empty cache, fresh process")
+        print_compile_profile(compile_profile())
+        return 0
     if args.startup is not None:
         print("fastbp bench --startup: import + first fit (64-128-10 float32) in fresh "
               "processes, against `import numba` and a naive 8-function @njit step")

@@ -87,3 +87,11 @@ def test_startup_report_prints_ratios(monkeypatch, capsys):
     assert "cold / naive step" in out and "warm / import numba" in out
     assert "0.20x" in out and "0.25x" in out  # cold: 2/10 wall, 1/4 cpu
     assert "first float64" in out and "MISS" in out  # 2.0 s CPU > 1 s
+
+
+def test_compile_profile_prints(capsys):
+    rows = [(0.5, 0.5, 1, "activations.bias_activation", "float32[2d C]"),
+            (1.0, 1.5, 0, "network.forward", "float32[1d C]")]
+    bench.print_compile_profile(rows)
+    out = capsys.readouterr().out
+    assert "network.forward(float32[1d C])" in out and "1.50s in 2 compilations" in out
