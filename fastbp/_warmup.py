@@ -96,7 +96,12 @@ class _CompileLog:
 
 
 def _exercise(dt, what):
-    from .layers import dense_backward, dense_forward, softmax_cross_entropy
+    from .layers import (
+        dense_backward,
+        dense_forward,
+        sigmoid_cross_entropy,
+        softmax_cross_entropy,
+    )
     from .network import MLP
 
     rng = np.random.default_rng(0)
@@ -111,6 +116,7 @@ def _exercise(dt, what):
     h = dense_forward(x, W, np.zeros(2, dt), "relu")
     dense_backward(h, x, W, h, "relu")
     softmax_cross_entropy(h, y)
+    sigmoid_cross_entropy(h, np.array([[0, 1], [1, 0], [0, 0], [1, 1]]))
     m.predict_proba(x)
     m.train_on_batch(x, y, optimizer="adam")
     m.loss_and_grad(x, y)

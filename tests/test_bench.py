@@ -95,3 +95,9 @@ def test_compile_profile_prints(capsys):
     bench.print_compile_profile(rows)
     out = capsys.readouterr().out
     assert "network.forward(float32[1d C])" in out and "1.50s in 2 compilations" in out
+
+
+def test_output_epochs_runs():
+    samples = bench.output_epochs(1, widths=(8, 16, 3), n=64, batch=8)
+    assert set(samples) == {"softmax", "sigmoid-multilabel", "softmax-2class",
+                            "sigmoid-binary"}
