@@ -1,4 +1,4 @@
-"""The ``fastbp`` command: ``train``, ``predict``, ``evaluate``, ``bench``.
+"""The ``fastbp`` command: ``train``, ``predict``, ``evaluate``, ``prepare``, ``bench``.
 
 See docs/cli.md.  Every error (bad option, unreadable file, data that does
 not fit the model) is one line ``fastbp: error: ...`` on stderr with exit
@@ -267,6 +267,17 @@ def _train(args):
     say = print if rank == 0 else _quiet
     say(f"{model}: {model.n_params} parameters, {task}, {n_train} training rows, "
           f"{n_val} validation rows{where}")
+    from ._warmup import compile_notice, compile_pending
+
+    if compile_pending(args.dtype):
+        # Say so before the wait, and compile before the progress bar starts
+        # so that its rate and ETA measure training.
+        say(compile_notice(args.dtype), file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        done = fb.prepare(dtypes=(args.dtype,), what="fit")
+        n = len(done) + sum(row[2] for row in done)
+        say(f"fastbp: compiled {n} functions in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr, flush=True)
     bar = None
     if args.progress and rank == 0:
         from tqdm.auto import tqdm
@@ -390,6 +401,14 @@ def _evaluate(args):
     return 0
 
 
+def _prepare(args):
+    import fastbp as fb
+
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    fb.prepare(dtypes=dtypes, what=args.what, verbose=True)
+    return 0
+
+
 def build_parser():
     p = _Parser(prog="fastbp", description="Train dense neural networks fast (Numba kernels).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -430,6 +449,13 @@ def build_parser():
     ev.add_argument("--data", required=True, help=".npz, .npy or .csv with targets")
     ev.add_argument("--target", help="target column (name or index) or .npz array name")
     ev.set_defaults(func=_evaluate)
+
+    pp = sub.add_parser("prepare", help="compile the kernels now (once per installation) "
+                        "and report what was compiled")
+    pp.add_argument("--dtype", default="both", choices=["float32", "float64", "both"])
+    pp.add_argument("--what", default="all", choices=["all", "fit"],
+                    help="fit: what `fastbp train` needs; all: also the layer functions")
+    pp.set_defaults(func=_prepare)
 
     sub.add_parser("bench", help="benchmarks (arguments go to fastbp.bench)", add_help=False)
     return p

@@ -8,6 +8,8 @@ activations of a batch in one preallocated workspace.  A whole epoch
 compiled call, so Python costs nothing per layer or per batch.
 """
 
+import sys
+
 import numpy as np
 
 from . import _validation as v
@@ -15,6 +17,7 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
+from ._warmup import compile_notice, compile_pending
 from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
@@ -444,12 +447,18 @@ class MLP:
                 history["val_accuracy"] = []
 
         bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=epochs, unit="epoch", desc="fit")
+        # A first fit in a fresh environment compiles for seconds: say so
+        # before the wait, and start the bar after that epoch so that its
+        # rate and ETA measure training, not compilation.
+        compiling = progress and compile_pending(self.dtype)
+        if compiling:
+            print(compile_notice(self.dtype), file=sys.stderr, flush=True)
         try:
-            for _ in range(epochs):
+            for epoch_index in range(epochs):
+                if progress and bar is None and not (compiling and epoch_index == 0):
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=epochs, initial=epoch_index, unit="epoch", desc="fit")
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
                 if sparse:
                     status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
