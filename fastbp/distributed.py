@@ -42,7 +42,6 @@ import numpy as np
 from . import _validation as v
 from ._kernels import distributed as _dk
 from ._kernels import network as _net
-from ._kernels.optim import ADAM
 
 __all__ = ["RankFailedError", "evaluate", "fit", "shard_rows"]
 
@@ -259,14 +258,9 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     opt.step_, model.epochs_trained, model.history = comm.bcast(
         (opt.step_, model.epochs_trained, model.history), root=0)
     hp = opt.hyperparameters()
-    use1 = opt.kind == ADAM or hp[1] != 0.0
-    use2 = opt.kind == ADAM
     P = model.n_params
     dt = model.dtype
     gbuf = np.zeros(P + _dk.TAIL, dtype=dt)
-    keep_p = np.empty(P, dtype=dt)
-    keep_1 = np.empty(P if use1 else 0, dtype=dt)
-    keep_2 = np.empty(P if use2 else 0, dtype=dt)
     ws = model._workspace(max(1, min(batch_size, n_local)))
     tail = gbuf[P:]
     classify = model.output == "softmax"
@@ -321,7 +315,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                         f"another rank failed at epoch {epoch}, step {t + 1}"))
                 status, batch_loss, step = _dk.finish_step(
                     model._params, gbuf, model.widths, model.alpha, opt.kind, hp, s1, s2,
-                    step, keep_p, keep_1, keep_2)
+                    step)
                 if status != 0:
                     opt.step_ = int(step)
                     raise _Agreed(_divergence(status, epoch, t + 1, batch_size))

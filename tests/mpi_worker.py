@@ -125,6 +125,31 @@ def diverge_update(out):
     save(out, "diverge_update", m, error=err)
 
 
+def diverge_state(out):
+    """A non-finite update at a later step (Adam's step 3 after one epoch
+    of 2 steps, with lr raised to 1e308: lr / (1 - beta1**3) overflows):
+    every rank raises, parameters, optimizer state and step count as after
+    step 2."""
+    X, y, _ = data(32)
+    part = shard_rows(32, rank, size)
+    m = model()
+    opt = fb.Adam(lr=0.01)
+    m.fit(X[part], y[part], epochs=1, batch_size=8, optimizer=opt, shuffle=False, comm=comm)
+    before = [m.flat_params.copy(), *(s.copy() for s in opt.state_)]
+    step = opt.step_
+    opt.lr = 1e308
+    err = None
+    try:
+        m.fit(X[part], y[part], epochs=1, batch_size=8, optimizer=opt, shuffle=False,
+              comm=comm)
+    except fb.DivergenceError as exc:
+        err = exc
+    save(out, "diverge_state", m, error=err)
+    np.savez(os.path.join(out, f"diverge_state_opt.rank{rank}.npz"),
+             params_before=before[0], s1_before=before[1], s2_before=before[2],
+             s1=opt.state_[0], s2=opt.state_[1], step=[step, opt.step_])
+
+
 def bad_input(out):
     """Rank 1 passes the wrong number of columns: every rank raises."""
     X, y, _ = data(20)
@@ -144,7 +169,7 @@ def bad_input(out):
 
 
 SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, shuffled, checkpoint,
-                                       resume, diverge, diverge_update,
+                                       resume, diverge, diverge_update, diverge_state,
                                        bad_input)}
 
 if __name__ == "__main__":

@@ -190,6 +190,23 @@ def test_non_finite_update_is_undone_on_every_rank(runs):
     np.testing.assert_array_equal(params, m.flat_params)
 
 
+def test_non_finite_update_at_a_later_step_leaves_state_as_before(runs):
+    """Status 3 at Adam's third step: parameters, both moment buffers and
+    the step count are those after step 2, bit for bit, on every rank."""
+    d = runs[2]
+    for r in range(2):
+        params, info = result(d, "diverge_state", r)
+        assert info["error_type"] == "DivergenceError"
+        assert (info["epoch"], info["step"]) == (2, 1) and "non-finite update" in info["error"]
+        with np.load(d / f"diverge_state_opt.rank{r}.npz") as f:
+            np.testing.assert_array_equal(params, f["params_before"])
+            np.testing.assert_array_equal(f["s1"], f["s1_before"])
+            np.testing.assert_array_equal(f["s2"], f["s2_before"])
+            assert f["step"].tolist() == [2, 2]
+            assert np.abs(f["s1"]).max() > 0  # the state is not the fresh one
+    assert_same_on_ranks(d, "diverge_state", 2)
+
+
 def test_bad_input_on_one_rank_raises_on_every_rank(runs):
     infos = [result(runs[2], "bad_input", r)[1] for r in range(2)]
     assert infos[1]["error_type"] == "ValueError" and "columns" in infos[1]["error"]

@@ -14,7 +14,8 @@ ranks' gradients and totals:
 ``local_sums`` writes *unnormalised* sums (row weights are the raw sample
 weights, or 1), so summing over ranks gives the union batch's sums;
 ``finish_step`` divides by the global weight total, adds the L2 term and
-applies the optimizer update with a check, on every rank alike.
+applies the optimizer update unless it is not finite (checked before
+anything is written), on every rank alike.
 """
 
 import numpy as np
@@ -23,7 +24,7 @@ from numba import njit
 from .config import JIT
 from .losses import half_squared_error, softmax_xent_labels, softmax_xent_targets
 from .network import XENT_LABELS, XENT_TARGETS, backward, forward, view2d
-from .optim import all_finite, apply_update
+from .optim import apply_update, check_update
 
 WEIGHT = 0
 ROWS = 1
@@ -96,21 +97,21 @@ def local_sums(
 
 
 @njit(**JIT)
-def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, keep_p, keep_1,
-                keep_2):
-    """After the all-reduce: check, scale, regularise and update.
+def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
+    """After the all-reduce: scale, regularise, check and update.
 
     ``gbuf`` holds the summed gradients and totals (see the module).  With S
     the summed weight total, the gradient becomes ``g / S + alpha / S * W``
     (the L2 term on weights, not biases, scikit-learn's scaling) and the
     optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) updates
-    ``params``.  ``keep_p``, ``keep_1``, ``keep_2`` receive copies of params
-    and the state used (s1 for SGD with momentum and Adam, s2 for Adam; pass
-    the others empty) so that an update with a non-finite result is undone.
+    ``params``, unless ``optim.check_update`` (the update's own arithmetic,
+    computed without writing) finds that a parameter or state value would
+    not be finite: then nothing is written, as in ``network.train_step``.
 
     Returns (status, batch_loss, step): status 0 success, 1 non-finite loss
-    (or a zero weight total), 2 non-finite gradient, 3 non-finite update
-    (undone); batch_loss is the weighted mean loss plus the L2 term.
+    (or a zero weight total), 2 non-finite gradient, 3 non-finite update;
+    on a non-zero status params, s1 and s2 are unchanged.  batch_loss is
+    the weighted mean loss plus the L2 term.
     """
     P = params.size
     t = params.dtype.type
@@ -119,8 +120,6 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, keep_p,
     if not np.isfinite(loss_sum) or not S > 0:
         return 1, loss_sum, step
     g = gbuf[:P]
-    if not all_finite(g):
-        return 2, loss_sum, step
     inv = t(1) / S
     reg = t(alpha) / S
     l2 = t(0)
@@ -146,23 +145,10 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, keep_p,
     batch_loss = loss_sum * inv + t(0.5) * reg * l2
     if not np.isfinite(batch_loss):
         return 1, batch_loss, step
-    keep_p[:] = params
-    if keep_1.size:
-        keep_1[:] = s1
-    if keep_2.size:
-        keep_2[:] = s2
+    # a non-finite gradient element stays non-finite after the scaling, and
+    # the check reports it (BAD_GRADIENT) before any update (BAD_UPDATE)
+    status = check_update(opt_kind, params, g, s1, s2, hp, step + 1)
+    if status != 0:
+        return status, batch_loss, step
     apply_update(opt_kind, params, g, s1, s2, hp, step + 1)
-    ok = all_finite(params)
-    if ok and keep_1.size:
-        ok = all_finite(s1)
-    if ok and keep_2.size:
-        ok = all_finite(s2)
-    if not ok:
-        params[:] = keep_p
-        if keep_1.size:
-            s1[:] = keep_1
-        if keep_2.size:
-            s2[:] = keep_2
-        return 3, batch_loss, step
     return 0, batch_loss, step + 1
-
