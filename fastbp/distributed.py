@@ -10,8 +10,9 @@ Every rank passes its own shard of the rows.  The contract (docs/distributed.md)
   gradients and its row-weight total (the raw sample weights, or 1 per row);
   one ``Allreduce`` (sum) of the flat gradient buffer, with the totals as
   extra elements, combines them; every rank then divides by the global total,
-  adds the L2 term ``alpha / total * W`` and applies the same optimizer
-  update.  So one step equals one process's step over the union of the
+  adds the L2 term ``alpha / rows * W`` (rows: the union batch's row count,
+  as one process scales it) and applies the same optimizer update (checked
+  first: a non-finite update writes nothing).  So one step equals one process's step over the union of the
   ranks' step-t batches.
 * Every rank runs the same number of steps per epoch, the largest over the
   ranks; a rank whose shard is exhausted contributes no rows (zeros).
@@ -42,6 +43,7 @@ import numpy as np
 from . import _validation as v
 from ._kernels import distributed as _dk
 from ._kernels import network as _net
+from .network import CLASSIFIER_OUTPUTS
 
 __all__ = ["RankFailedError", "evaluate", "fit", "shard_rows"]
 
@@ -128,9 +130,10 @@ def _check_shard(model, X, y, name="X", yname="y"):
         raise ValueError(f"{name} must have {model.widths[0]} columns (widths[0]); "
                          f"got shape {X.shape}")
     kind, y_int, y_f = model._check_y(y, X.shape[0], yname)
-    if kind not in (_net.XENT_LABELS, _net.XENT_TARGETS, _net.SQUARED_ERROR):
-        raise ValueError(f"data-parallel fit (comm=) supports softmax and identity "
-                         f"outputs; this model's output is {model.output!r}")
+    if kind not in (_net.XENT_LABELS, _net.XENT_TARGETS, _net.SQUARED_ERROR,
+                    _net.SIGMOID_XENT):
+        raise ValueError(f"data-parallel fit (comm=) supports softmax, sigmoid and "
+                         f"identity outputs; this model's output is {model.output!r}")
     return X, kind, y_int, y_f
 
 
@@ -263,7 +266,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     gbuf = np.zeros(P + _dk.TAIL, dtype=dt)
     ws = model._workspace(max(1, min(batch_size, n_local)))
     tail = gbuf[P:]
-    classify = model.output == "softmax"
+    classify = model.output in CLASSIFIER_OUTPUTS
     history = {"loss": []}
     if classify:
         history["accuracy"] = []
@@ -381,7 +384,7 @@ def evaluate(model, X, y, sample_weight=None, comm=None):
     if not buf[0] > 0:
         raise ValueError("evaluate: the ranks' shards hold no rows with positive weight")
     scores = {"loss": float(buf[1] / buf[0])}
-    if model.output == "softmax":
+    if model.output in CLASSIFIER_OUTPUTS:
         scores["accuracy"] = float(buf[2] / buf[0])
     return scores
 

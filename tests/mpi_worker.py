@@ -23,19 +23,22 @@ comm = None
 rank, size = 0, 1
 
 
-def data(n, d=6, classes=3, seed=0, dtype="float64"):
-    """The full data set; every rank makes it and keeps its own rows."""
+def data(n, d=6, classes=3, seed=0, dtype="float64", multilabel=False):
+    """The full data set; every rank makes it and keeps its own rows.
+    ``multilabel``: y is a 0/1 indicator matrix (n, classes) instead of labels."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)).astype(dtype)
     y = rng.integers(0, classes, n)
     sw = rng.uniform(0.2, 2.0, n)
+    if multilabel:
+        y = (rng.uniform(size=(n, classes)) < 0.4).astype(np.float64)
     return X, y, sw
 
 
-def model(seed=3, alpha=0.0, activation="tanh"):
+def model(seed=3, alpha=0.0, activation="tanh", output="softmax"):
     # the other ranks draw other initial weights on purpose: fit broadcasts rank 0's
     return fb.MLP([6, 7, 5, 3], activation=activation, dtype="float64",
-                  seed=seed + 100 * rank, alpha=alpha)
+                  seed=seed + 100 * rank, alpha=alpha, output=output)
 
 
 def save(out, name, m, history=None, error=None):
@@ -48,10 +51,10 @@ def save(out, name, m, history=None, error=None):
 
 
 def run(name, out, n, opt, epochs=2, batch_size=8, weighted=False, alpha=0.0,
-        shuffle=False, checkpoint=None):
-    X, y, sw = data(n)
+        shuffle=False, checkpoint=None, output="softmax"):
+    X, y, sw = data(n, multilabel=output == "sigmoid")
     part = shard_rows(n, rank, size)
-    m = model(alpha=alpha)
+    m = model(alpha=alpha, output=output)
     h = m.fit(X[part], y[part], epochs=epochs, batch_size=batch_size, optimizer=opt,
               shuffle=shuffle, sample_weight=sw[part] if weighted else None,
               checkpoint=checkpoint, validation_data=(X[part], y[part]), comm=comm)
@@ -73,6 +76,13 @@ def weighted(out):
 def uneven(out):
     # 23 rows: shards of 12/11 (2 ranks) or 8/8/7 (3 ranks); batch 5 per rank
     run("uneven", out, 23, fb.Adam(lr=0.02), epochs=2, batch_size=5)
+
+
+def multilabel(out):
+    # sigmoid output, 0/1 indicator targets; weighted, uneven (27 rows: 14/13,
+    # batch 6 per rank), L2
+    run("multilabel", out, 27, fb.SGD(lr=0.2, momentum=0.9), epochs=2, batch_size=6,
+        weighted=True, alpha=1e-3, output="sigmoid")
 
 
 def shuffled(out):
@@ -168,7 +178,7 @@ def bad_input(out):
         save(out, "bad_comm", m, error=exc)
 
 
-SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, shuffled, checkpoint,
+SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, multilabel, shuffled, checkpoint,
                                        resume, diverge, diverge_update, diverge_state,
                                        bad_input)}
 

@@ -88,10 +88,11 @@ def union_batches(X, y, sw, size, batch_size, perms=None):
 
 
 def reference(name, size, n, opt, epochs=2, batch_size=8, weighted=False, alpha=0.0,
-              shuffle=False):
+              shuffle=False, output="softmax"):
     """One process on the union batches: (params after, loss per epoch)."""
-    X, y, sw = w.data(n)
-    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", seed=3, alpha=alpha)
+    X, y, sw = w.data(n, multilabel=output == "sigmoid")
+    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", seed=3, alpha=alpha,
+               output=output)
     # rank 0's model generator after its initialisation
     rng = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", seed=3)._rng
     losses = []
@@ -123,6 +124,8 @@ CASES = {
     "weighted": {"n": 41, "opt": lambda: fb.SGD(lr=0.1, momentum=0.9, nesterov=True),
                      "weighted": True},
     "uneven": {"n": 23, "opt": lambda: fb.Adam(lr=0.02), "batch_size": 5},
+    "multilabel": {"n": 27, "opt": lambda: fb.SGD(lr=0.2, momentum=0.9), "batch_size": 6,
+                   "weighted": True, "alpha": 1e-3, "output": "sigmoid"},
     "shuffled": {"n": 30, "opt": lambda: fb.SGD(lr=0.05, momentum=0.5), "shuffle": True},
     "checkpoint": {"n": 30, "opt": lambda: fb.Adam(lr=0.01)},
 }
@@ -140,8 +143,9 @@ def test_equals_one_process_on_union_batches(runs, size, name):
     _, info = result(runs[size], name, 0)
     np.testing.assert_allclose(info["history"]["loss"], losses, rtol=1e-9)
     # validation scores are global: the union of the shards is the whole set
-    X, y, _ = w.data(case["n"])
-    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64")
+    output = case.get("output", "softmax")
+    X, y, _ = w.data(case["n"], multilabel=output == "sigmoid")
+    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", output=output)
     m.flat_params[:] = params
     assert info["history"]["val_loss"][-1] == pytest.approx(m.evaluate(X, y)["loss"],
                                                            rel=1e-10)

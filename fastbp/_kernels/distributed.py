@@ -8,7 +8,8 @@ ranks' gradients and totals:
 * ``gbuf[P + WEIGHT]``: the row-weight total of the batch (rows when unweighted),
 * ``gbuf[P + ROWS]``: the number of rows,
 * ``gbuf[P + LOSS]``: the row-weighted loss sum (no L2 term),
-* ``gbuf[P + CORRECT]``: rows whose arg-max matches the target,
+* ``gbuf[P + CORRECT]``: rows classified right (arg-max for softmax, every
+  label's decision for sigmoid),
 * ``gbuf[P + FAILED]``: ranks that failed outside the kernels (set by Python).
 
 ``local_sums`` writes *unnormalised* sums (row weights are the raw sample
@@ -22,8 +23,13 @@ import numpy as np
 from numba import njit
 
 from .config import JIT
-from .losses import half_squared_error, softmax_xent_labels, softmax_xent_targets
-from .network import XENT_LABELS, XENT_TARGETS, backward, forward, view2d
+from .losses import (
+    half_squared_error,
+    sigmoid_xent,
+    softmax_xent_labels,
+    softmax_xent_targets,
+)
+from .network import SIGMOID_XENT, XENT_LABELS, XENT_TARGETS, backward, forward, view2d
 from .optim import apply_update, check_update
 
 WEIGHT = 0
@@ -84,6 +90,8 @@ def local_sums(
         loss, correct = softmax_xent_labels(out, yb_int[:m], w, dz)
     elif loss_kind == XENT_TARGETS:
         loss, correct = softmax_xent_targets(out, yf, w, dz)
+    elif loss_kind == SIGMOID_XENT:
+        loss, correct = sigmoid_xent(out, yf, w, dz)
     else:
         loss = half_squared_error(out, yf, w, dz)
     if np.isfinite(loss):
@@ -101,8 +109,9 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
     """After the all-reduce: scale, regularise, check and update.
 
     ``gbuf`` holds the summed gradients and totals (see the module).  With S
-    the summed weight total, the gradient becomes ``g / S + alpha / S * W``
-    (the L2 term on weights, not biases, scikit-learn's scaling) and the
+    the summed weight total and N the summed row count, the gradient becomes
+    ``g / S + alpha / N * W`` (the L2 term on weights, not biases,
+    scikit-learn's scaling, as ``network.backward`` has it) and the
     optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) updates
     ``params``, unless ``optim.check_update`` (the update's own arithmetic,
     computed without writing) finds that a parameter or state value would
@@ -121,7 +130,9 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
         return 1, loss_sum, step
     g = gbuf[:P]
     inv = t(1) / S
-    reg = t(alpha) / S
+    # the L2 term is scaled by the union batch's row count, as network.backward
+    # scales it by the batch's (not by the weight total)
+    reg = t(alpha) / gbuf[P + ROWS]
     l2 = t(0)
     off = 0
     # loops over slices: they vectorise (indexing from ``off`` measured 5x slower)
