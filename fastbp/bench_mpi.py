@@ -12,6 +12,12 @@ medians over rounds are reported:
   are faster;
 * ``efficiency``: (1 process x 1 thread step time at batch P*B) / (P x the
   P-rank step time), the parallel efficiency of the ranks (1 is perfect);
+* ``cpu effic.``: the same efficiency from CPU time instead of wall time:
+  (1 x 1 thread CPU time per step) / (all ranks' CPU time per step summed).
+  On a shared machine wall time also counts the time a process waits for a
+  core; CPU time does not, so this shows the work the ranks add (gathering
+  rows, the update on every rank, MPI's busy-polling while a rank waits in
+  the Allreduce) apart from the scheduling;
 * ``allreduce share``: the time the ranks spend in the per-step Allreduce
   (waiting for the slower rank included) over their step time, and the time
   of a bare Allreduce of the same buffer (``bare_ms``, after a barrier).
@@ -97,8 +103,10 @@ def _worker(kind, folder):
         if comm is not None:
             comm.Barrier()
         t0 = time.perf_counter()
+        c0 = time.process_time()
         model.fit(X, y, epochs=1, batch_size=batch, optimizer=opt, shuffle=True, comm=comm)
         step = (time.perf_counter() - t0) / steps
+        cpu = (time.process_time() - c0) / steps  # all of this process's threads
         if comm is not None:
             st = distributed.last_fit_stats
             ar = st["allreduce_s"] / st["steps"]
@@ -109,8 +117,10 @@ def _worker(kind, folder):
                 comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             bare = (time.perf_counter() - t1) / 5
             step, ar, bare = (comm.allreduce(x, op=MPI.MAX) for x in (step, ar, bare))
+            cpu = comm.allreduce(cpu, op=MPI.SUM)  # CPU time of all ranks together
             res = {"allreduce": ar, "bare": bare}
         res["step"] = step
+        res["cpu"] = cpu
         if rank == 0:
             _write(os.path.join(folder, f"res.{kind}.{k}.json"), res)
         k += 1
@@ -208,8 +218,8 @@ def main(argv=None):
     print(f"# {P} ranks x 1 thread vs 1 process x {P} threads, float32, SGD momentum; "
           f"medians of {args.rounds} rounds")
     print(f"{'network':>20} {'batch/rank':>10} {'steps':>5} {'1x1 ms':>8} {'1-proc ms':>10} "
-          f"{'ranks ms':>9} {'ratio':>6} {'effic.':>6} {'allreduce ms':>12} {'share':>6} "
-          f"{'bare ms':>8}")
+          f"{'ranks ms':>9} {'ratio':>6} {'effic.':>6} {'cpu effic.':>10} {'allreduce ms':>12} "
+          f"{'share':>6} {'bare ms':>8}")
     try:
         for widths, batch in sizes:
             steps = _steps_for(widths, batch)
@@ -227,10 +237,12 @@ def main(argv=None):
             tp = statistics.median(o["step"] for o in ranks)
             ar = statistics.median(o["allreduce"] for o in ranks)
             bare = statistics.median(o["bare"] for o in ranks)
+            cpu_s = statistics.median(o["cpu"] for o in got["serial"])
+            cpu_p = statistics.median(o["cpu"] for o in ranks)
             ratios = sorted(s["step"] / q["step"] for s, q in zip(single, ranks))
             print(f"{'-'.join(map(str, widths)):>20} {batch:>10} {steps:>5} {ts * 1e3:>8.2f} "
                   f"{t1 * 1e3:>10.2f} {tp * 1e3:>9.2f} {t1 / tp:>6.3f} {ts / (P * tp):>6.3f} "
-                  f"{ar * 1e3:>12.3f} {ar / tp:>6.1%} "
+                  f"{cpu_s / cpu_p:>10.3f} {ar * 1e3:>12.3f} {ar / tp:>6.1%} "
                   f"{bare * 1e3:>8.3f}   (ratio range {ratios[0]:.3f}-{ratios[-1]:.3f})",
                   flush=True)
     finally:
