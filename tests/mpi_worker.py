@@ -122,7 +122,7 @@ def diverge(out):
 
 def diverge_update(out):
     """Adam's first step size lr / (1 - beta1) overflows: the update is not
-    finite, is undone, and every rank raises."""
+    finite, is not applied, and every rank raises."""
     X, y, _ = data(32)
     part = shard_rows(32, rank, size)
     m = model()

@@ -184,7 +184,7 @@ def test_divergence_on_one_rank_stops_every_rank(runs):
     assert np.isfinite(params).all()
 
 
-def test_non_finite_update_is_undone_on_every_rank(runs):
+def test_non_finite_update_is_refused_on_every_rank(runs):
     infos = [result(runs[2], "diverge_update", r)[1] for r in range(2)]
     for info in infos:
         assert info["error_type"] == "DivergenceError"
