@@ -10,9 +10,8 @@ Every rank passes its own shard of the rows.  The contract (docs/distributed.md)
   gradients and its row-weight total (the raw sample weights, or 1 per row);
   one ``Allreduce`` (sum) of the flat gradient buffer, with the totals as
   extra elements, combines them; every rank then divides by the global total,
-  adds the L2 term ``alpha / rows * W`` (rows: the union batch's row count,
-  as one process scales it) and applies the same optimizer update (checked
-  first: a non-finite update writes nothing).  So one step equals one process's step over the union of the
+  adds the L2 term ``alpha / total * W`` and applies the same optimizer
+  update (checked first: a non-finite update writes nothing).  So one step equals one process's step over the union of the
   ranks' step-t batches.
 * Every rank runs the same number of steps per epoch, the largest over the
   ranks; a rank whose shard is exhausted contributes no rows (zeros).

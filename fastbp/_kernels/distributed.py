@@ -109,9 +109,8 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
     """After the all-reduce: scale, regularise, check and update.
 
     ``gbuf`` holds the summed gradients and totals (see the module).  With S
-    the summed weight total and N the summed row count, the gradient becomes
-    ``g / S + alpha / N * W`` (the L2 term on weights, not biases,
-    scikit-learn's scaling, as ``network.backward`` has it) and the
+    the summed weight total, the gradient becomes ``g / S + alpha / S * W``
+    (the L2 term on weights, not biases, scikit-learn's scaling) and the
     optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) updates
     ``params``, unless ``optim.check_update`` (the update's own arithmetic,
     computed without writing) finds that a parameter or state value would
@@ -130,9 +129,7 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
         return 1, loss_sum, step
     g = gbuf[:P]
     inv = t(1) / S
-    # the L2 term is scaled by the union batch's row count, as network.backward
-    # scales it by the batch's (not by the weight total)
-    reg = t(alpha) / gbuf[P + ROWS]
+    reg = t(alpha) / S
     l2 = t(0)
     off = 0
     # loops over slices: they vectorise (indexing from ``off`` measured 5x slower)
