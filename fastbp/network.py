@@ -396,6 +396,65 @@ class MLP:
         )
         return float(loss), self._views(grads)
 
+    # -- lean paths for callers that loop (fastbp.sklearn) --------------------
+    def _prepare_data(self, X, y, sample_weight=None):
+        """Check dense X, y and sample weights once for repeated lean calls.
+
+        Returns the tuple ``(X, loss_kind, y_int, y_f, sw)`` that
+        ``_run_epoch`` and ``_full_loss_grad`` take, so that a loop over
+        epochs or function evaluations does not check the whole X again.
+        """
+        X = self._check_X(X)
+        n = X.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        return X, kind, y_int, y_f, v.as_sample_weight(sample_weight, n)
+
+    def _run_epoch(self, data, batch_size, optimizer, shuffle=True):
+        """One epoch of ``fit`` over data from ``_prepare_data``; no history.
+
+        ``batch_size`` (int, 1..n) and ``optimizer`` (an Optimizer) are taken
+        as given.  Returns the epoch's mean training loss (float).  Raises
+        DivergenceError as ``fit`` does.
+        """
+        X, kind, y_int, y_f, sw = data
+        n = X.shape[0]
+        self.optimizer = optimizer
+        s1, s2 = optimizer.bind(self._params)
+        ws = self._workspace(batch_size)
+        perm = self._rng.permutation(n) if shuffle else np.arange(n)
+        status, batch, loss_sum, _, step = _net.train_epoch(
+            X, y_int, y_f, sw, perm, batch_size,
+            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+            optimizer.kind, optimizer.hyperparameters(), s1, s2, optimizer.step_,
+            ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+            ws["delta_a"], ws["delta_b"], ws["rw"],
+        )
+        optimizer.step_ = int(step)
+        if status != 0:
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, int(batch) + 1,
+                                              batch_size)
+        self.epochs_trained += 1
+        return loss_sum / n
+
+    def _full_loss_grad(self, data):
+        """Loss (L2 term included) over all rows of data from
+        ``_prepare_data``, with its gradient written into the model's own
+        flat gradient buffer (``self._grads``); full-batch workspaces are
+        kept between calls.  Returns the loss (float)."""
+        X, kind, y_int, y_f, sw = data
+        n = X.shape[0]
+        w, dt = self.widths, self.dtype
+        key = (n, dt, tuple(w))
+        if getattr(self, "_full_ws_key", None) != key:
+            big = n * int(w[1:].max())
+            self._full_ws = (np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt),
+                             np.empty(big, dt), np.empty(n, dt))
+            self._full_ws_key = key
+        acts, da, db, rw = self._full_ws
+        loss, _ = _net.loss_and_grad(self._params, self._grads, w, self.codes, kind,
+                                     self.alpha, X, y_int, y_f, sw, acts, da, db, rw)
+        return float(loss)
+
     # -- inference ---------------------------------------------------------
     def forward(self, X):
         """Raw network outputs (logits for classification), shape (n, d_L)."""

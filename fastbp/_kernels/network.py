@@ -142,6 +142,20 @@ def backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b):
     return params.dtype.type(0.5) * reg * l2
 
 
+@njit(**JIT_INLINE)
+def l2_alpha(alpha, m, sw):
+    """The alpha to hand to ``backward`` so that its ``alpha / m`` becomes
+    ``alpha / (total row weight)`` when sample weights ``sw`` are given
+    (scikit-learn divides the L2 term by the sum of the sample weights,
+    which makes a weight of 2 equal to a repeated row)."""
+    if sw.size == 0 or alpha == 0.0:
+        return alpha
+    s = 0.0
+    for i in range(sw.size):
+        s += sw[i]
+    return alpha * m / s
+
+
 @njit(**JIT)
 def loss_and_grad(
     params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
@@ -152,7 +166,8 @@ def loss_and_grad(
     (loss, n_correct)."""
     loss, correct = forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw,
                                  acts, delta_a, rw)
-    l2 = backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
+    l2 = backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
+                  delta_a, delta_b)
     return loss + l2, correct
 
 
@@ -173,7 +188,8 @@ def train_step(
                            delta_a, rw)
     if not np.isfinite(loss):
         return 1, loss, c, step
-    loss += backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
+    loss += backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
+                     delta_a, delta_b)
     if not all_finite(grads):
         return 2, loss, c, step
     apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
