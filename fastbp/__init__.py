@@ -7,6 +7,7 @@ layer checks input, owns memory and offers the API::
     h = fb.dense_forward(x, W, b, activation="relu")
     dx, dW, db = fb.dense_backward(dh, x, W, h, activation="relu")
     loss, dlogits = fb.softmax_cross_entropy(logits, y)
+    loss, dlogits = fb.sigmoid_cross_entropy(logits, Y)   # binary / multilabel
     model = fb.MLP([64, 128, 10], seed=0)
     model.fit(X, y, epochs=10, optimizer=fb.SGD(lr=0.1, momentum=0.9))
 """
@@ -20,6 +21,7 @@ from .layers import (
     dense_backward,
     dense_forward,
     half_squared_error,
+    sigmoid_cross_entropy,
     softmax,
     softmax_cross_entropy,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "load_digits",
     "prepare",
     "set_num_threads",
+    "sigmoid_cross_entropy",
     "softmax",
     "softmax_cross_entropy",
     "train_test_split",

@@ -17,10 +17,18 @@ import zlib
 import numpy as np
 
 from . import _validation as v
-from ._kernels.activations import ACTIVATION_NAMES
+from ._kernels.activations import ACTIVATION_NAMES, IDENTITY
 
 FORMAT = "fastbp-mlp"
 FORMAT_VERSION = 1
+
+#: output kind -> (activation code its last layer must have, least outputs);
+#: the loss applies the softmax or sigmoid, so every last layer is identity
+OUTPUT_KINDS = {
+    "softmax": (IDENTITY, 2),
+    "identity": (IDENTITY, 1),
+    "sigmoid": (IDENTITY, 1),
+}
 
 
 def _umask():
@@ -187,8 +195,14 @@ def check_model_arrays(path, d):
     if not all(int(c) in ACTIVATION_NAMES for c in codes):
         _fail(path, f"unknown activation codes {codes.tolist()}")
     output = _scalar(path, d, "output", str)
-    if output not in ("softmax", "identity"):
-        _fail(path, f"unknown output {output!r}; expected 'softmax' or 'identity'")
+    if output not in OUTPUT_KINDS:
+        _fail(path, f"unknown output {output!r}; expected one of "
+                    f"{', '.join(map(repr, OUTPUT_KINDS))}")
+    last_code, least = OUTPUT_KINDS[output]
+    if int(codes[-1]) != last_code or int(widths[-1]) < least:
+        _fail(path, f"output {output!r} needs a last layer with activation code {last_code} "
+                    f"and at least {least} unit(s); got code {int(codes[-1])} and "
+                    f"{int(widths[-1])} unit(s)")
     if params.dtype.kind != "f" or params.dtype.itemsize not in (4, 8):
         _fail(path, f"parameters have dtype {params.dtype}; expected float32 or float64")
     params = params.astype(params.dtype.newbyteorder("="), copy=False)

@@ -146,6 +146,15 @@ def check_nonempty(arr, name):
         raise ValueError(f"{name} is empty: expected at least one row; got shape {arr.shape}")
 
 
+def check_unit_interval(t, name):
+    """Refuse values of the float array ``t`` outside [0, 1] (binary targets)."""
+    if t.size:
+        lo, hi = t.min(), t.max()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name} must hold 0/1 labels or probabilities in [0, 1]; "
+                             f"got values from {lo} to {hi}")
+
+
 def as_sample_weight(sample_weight, n, name="sample_weight"):
     """float64 row weights of shape (n,), non-negative with a positive sum;
     None gives an empty array, which the kernels read as a plain mean."""

@@ -5,13 +5,16 @@
   ``nn.ReLU`` / ``nn.Tanh`` / ``nn.Sigmoid`` / ``nn.Identity`` between them,
   read from the module) or from its ``state_dict`` (then ``activation`` says
   which hidden activation to use).
-* ``to_torch(model)`` -> ``nn.Sequential`` computing the same outputs (logits
-  for a softmax model: apply ``softmax`` yourself).
+* ``to_torch(model)`` -> ``nn.Sequential`` computing the same outputs: it
+  ends with the last ``nn.Linear``, so it gives logits for a softmax or
+  sigmoid model (apply ``torch.softmax`` / ``torch.sigmoid`` yourself, or
+  use ``nn.CrossEntropyLoss`` / ``nn.BCEWithLogitsLoss``).
 * ``from_sklearn(est)`` -> ``fb.MLP`` from a fitted
   ``sklearn.neural_network.MLPClassifier`` / ``MLPRegressor`` (or a
-  ``fastbp.sklearn`` estimator).  A binary scikit-learn classifier, which
-  has one logistic output unit ``z``, becomes a two-class softmax
-  with logits ``(0, z)``: ``softmax((0, z))[1] == sigmoid(z)`` exactly.
+  ``fastbp.sklearn`` estimator).  A classifier with logistic outputs
+  (``out_activation_ == "logistic"``: binary, one unit, or multilabel, one
+  unit per label) becomes ``output="sigmoid"`` with the same weights; a
+  multiclass one (softmax) ``output="softmax"``.
 * ``to_sklearn(model, X, y)`` -> a fitted scikit-learn estimator carrying the
   model's weights.  scikit-learn builds an MLP's internal structures only in
   ``fit``, so ``X`` and ``y`` (a few rows suffice) are used for one tiny fit
@@ -52,8 +55,9 @@ def from_torch(module, activation="relu", output="softmax", dtype="float32"):
         ``state_dict`` (keys ``*.weight`` / ``*.bias`` in layer order).
     activation : str or list of str
         Hidden activation(s); used only for a state_dict.
-    output : {"softmax", "identity"}
-        How the model treats the last layer's outputs.
+    output : {"softmax", "sigmoid", "identity"}
+        How the model treats the last layer's outputs, which are the
+        outputs of the last ``Linear`` (logits for "softmax" and "sigmoid").
     dtype : {"float32", "float64"}
     """
     if isinstance(module, dict):
@@ -83,7 +87,8 @@ def from_torch(module, activation="relu", output="softmax", dtype="float32"):
         if len(acts) == len(linears):
             if acts[-1] != "identity":
                 raise ValueError("a final activation after the last Linear is not supported; "
-                                 "the output is set by `output` (softmax or identity)")
+                                 "the output is set by `output` (softmax, sigmoid or "
+                                 "identity), which reads the last Linear's outputs")
             acts = acts[:-1]
         state = {}
         for k, lin in enumerate(linears):
@@ -116,7 +121,13 @@ def from_torch(module, activation="relu", output="softmax", dtype="float32"):
 
 def to_torch(model):
     """An ``nn.Sequential`` (float32 or float64 as the model) computing the
-    model's raw outputs (logits for a softmax model)."""
+    model's raw outputs ``model.forward(X)``.
+
+    It ends with the last ``nn.Linear``: for ``output="softmax"`` or
+    ``output="sigmoid"`` these are the logits (no softmax or sigmoid module
+    is appended; ``torch.sigmoid(net(x))`` gives the sigmoid model's label
+    probabilities, ``nn.BCEWithLogitsLoss`` its loss).  ``from_torch(net,
+    output=model.output)`` gives the model back."""
     import torch
     from torch import nn
 
@@ -135,23 +146,29 @@ def to_torch(model):
     return nn.Sequential(*layers)
 
 
+#: scikit-learn's out_activation_ -> fb.MLP output
+_SK_OUTPUTS = {"logistic": "sigmoid", "softmax": "softmax", "identity": "identity"}
+
+
 def from_sklearn(est, dtype="float64"):
-    """An ``fb.MLP`` with the weights of a fitted scikit-learn MLP."""
+    """An ``fb.MLP`` with the weights of a fitted scikit-learn MLP.
+
+    ``out_activation_`` "logistic" (a binary classifier's single unit, or a
+    multilabel classifier's unit per label) gives ``output="sigmoid"``,
+    "softmax" ``output="softmax"`` and "identity" (a regressor)
+    ``output="identity"``; the weights are copied unchanged, so
+    ``predict_proba`` and ``predict`` agree with the estimator's (labels as
+    indices 0.. into ``est.classes_``; 0/1 per label for multilabel).
+    """
     if not hasattr(est, "coefs_"):
         raise ValueError("the estimator must be fitted (it has no coefs_)")
     Ws = [np.asarray(W) for W in est.coefs_]
     bs = [np.asarray(b) for b in est.intercepts_]
     out_act = getattr(est, "out_activation_", "identity")
-    if out_act == "logistic":
-        if len(getattr(est, "classes_", [])) != 2:
-            raise ValueError("multilabel classifiers (logistic outputs) are not supported")
-        Ws[-1] = np.hstack([np.zeros_like(Ws[-1]), Ws[-1]])
-        bs[-1] = np.concatenate([np.zeros_like(bs[-1]), bs[-1]])
-        output = "softmax"
-    elif out_act == "softmax":
-        output = "softmax"
-    else:
-        output = "identity"
+    if out_act not in _SK_OUTPUTS:
+        raise ValueError(f"out_activation_ {out_act!r} is not supported; expected one of "
+                         f"{', '.join(map(repr, _SK_OUTPUTS))}")
+    output = _SK_OUTPUTS[out_act]
     widths = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
     model = MLP(widths, activation=_SK_ACTS[est.activation], output=output, dtype=dtype,
                 seed=0, alpha=float(getattr(est, "alpha", 0.0)))
@@ -164,8 +181,12 @@ def to_sklearn(model, X, y):
     ``X``, ``y``: a few rows of the data (all classes present for a
     classifier; labels 0..n_classes-1), used to set up scikit-learn's
     structures in a one-iteration fit; the weights are then replaced.
-    A two-class softmax model becomes a one-unit logistic classifier with
-    ``z = z_1 - z_0``, which gives the same probabilities.
+    A sigmoid model with one unit needs 0/1 labels ``y`` of shape (n,) and
+    becomes a binary classifier (one logistic unit), one with k > 1 units a
+    (n, k) 0/1 indicator matrix and becomes a multilabel classifier; the
+    weights are copied unchanged.  A two-class softmax model becomes a
+    one-unit logistic classifier with ``z = z_1 - z_0``, which gives the
+    same probabilities.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -175,11 +196,24 @@ def to_sklearn(model, X, y):
         raise ValueError("scikit-learn MLPs use one activation for all hidden layers")
     act = _SK_ACTS_BACK[acts.pop() if acts else "identity"]
     hidden = tuple(int(w) for w in model.widths[1:-1])
-    cls = MLPClassifier if model.output == "softmax" else MLPRegressor
+    cls = MLPRegressor if model.output == "identity" else MLPClassifier
     est = cls(hidden_layer_sizes=hidden, activation=act, max_iter=1, alpha=model.alpha)
+    if model.output == "sigmoid" and model.widths[-1] == 1 and np.ndim(y) == 2:
+        y = np.asarray(y).reshape(-1)  # a (n, 1) column of 0/1 labels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, y)
+    n_out = int(model.widths[-1])
+    expected = {"sigmoid": "logistic", "identity": "identity",
+                "softmax": "softmax" if n_out > 2 else "logistic"}[model.output]
+    if est.out_activation_ != expected:
+        need = {"sigmoid": ("0/1 labels (n,)" if n_out == 1
+                            else f"a (n, {n_out}) 0/1 indicator matrix"),
+                "softmax": f"class labels 0..{n_out - 1} of shape (n,)",
+                "identity": f"targets with {n_out} column(s)"}[model.output]
+        raise ValueError(f"y must be {need} for this {model.output} model with {n_out} "
+                         f"output(s); scikit-learn read it as {est.out_activation_!r} output "
+                         f"with {est.n_outputs_} unit(s)")
     Ws = [np.array(W, dtype=np.float64) for W, _ in model.params]
     bs = [np.array(b, dtype=np.float64) for _, b in model.params]
     if model.output == "softmax" and model.widths[-1] == 2:

@@ -19,6 +19,7 @@ __all__ = [
     "dense_backward",
     "dense_forward",
     "half_squared_error",
+    "sigmoid_cross_entropy",
     "softmax",
     "softmax_cross_entropy",
 ]
@@ -180,6 +181,60 @@ def softmax_cross_entropy(logits, y, sample_weight=None):
     else:
         labels = v.as_labels(ya, "y", n, c)
         loss, _ = _loss.softmax_xent_labels(z, labels, w, dz)
+    return dt.type(loss), dz
+
+
+def sigmoid_cross_entropy(logits, Y, sample_weight=None):
+    """Mean binary cross-entropy of sigmoid outputs and its gradient, fused.
+
+    For binary (k == 1) and multilabel (k labels per row) classification.
+
+    Parameters
+    ----------
+    logits : array_like, shape (n, k)
+        Scores before the sigmoid.
+    Y : array_like, shape (n, k), or (n,) when k == 1
+        Targets in [0, 1]: a 0/1 (or bool) indicator matrix, or
+        probabilities.
+    sample_weight : array_like, shape (n,), optional
+        Row weights; the loss becomes the weighted mean over rows.
+
+    Returns
+    -------
+    loss : float32 or float64 scalar
+        ``mean_i sum_j (softplus(z_ij) - Y_ij z_ij)``, i.e.
+        ``-mean_i sum_j (Y_ij log p_ij + (1 - Y_ij) log(1 - p_ij))`` with
+        ``p = sigmoid(z)``: averaged over rows, summed over the k labels, as
+        scikit-learn's MLP computes it.  ``softplus(a) = max(a, 0) +
+        log1p(exp(-|a|))``, so no exp overflows and no ``log(0)`` occurs.
+    dlogits : ndarray, shape (n, k)
+        Gradient of ``loss`` with respect to ``logits``:
+        ``(sigmoid(logits) - Y) / n`` (rows weighted by
+        ``sample_weight / sample_weight.sum()`` when given).
+
+    The dtype of ``logits`` is kept (float32 or float64; integers work in
+    float64); ``Y`` is converted to it.
+    """
+    z = v.as_array(logits, "logits")
+    ya = v.as_array(Y, "Y")
+    dt = v.work_dtype(z)  # float32 logits stay float32 whatever the dtype of Y
+    z = v.as_float(z, "logits", 2, dt)
+    v.check_nonempty(z, "logits")
+    n, k = z.shape
+    if k == 0:
+        raise ValueError(f"logits must have at least one column (label); got shape {z.shape}")
+    if ya.ndim == 1 and k == 1:
+        ya = ya.reshape(-1, 1)
+    t = v.as_float(ya, "Y", 2, dt) if ya.ndim == 2 else None
+    if t is None or t.shape != z.shape:
+        also = f" or ({n},)" if k == 1 else ""
+        raise ValueError(f"Y must have the shape of logits {z.shape}{also}; got shape "
+                         f"{np.shape(Y)}")
+    v.check_unit_interval(t, "Y")
+    w = np.empty(n, dtype=dt)
+    _loss.row_weights(n, v.as_sample_weight(sample_weight, n), w)
+    dz = np.empty_like(z)
+    loss, _ = _loss.sigmoid_xent(z, t, w, dz)
     return dt.type(loss), dz
 
 

@@ -19,7 +19,9 @@ from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
 
-OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY}
+OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.IDENTITY}
+#: outputs that classify (loss with accuracy; predict gives labels)
+CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
 
 
@@ -70,8 +72,12 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation ("relu", "tanh", "sigmoid", "identity"), one
         for all or one per hidden layer.
-    output : {"softmax", "identity"}
+    output : {"softmax", "sigmoid", "identity"}
         "softmax": classification with mean cross-entropy (``d_L`` classes);
+        "sigmoid": binary (``d_L == 1``) or multilabel (``d_L`` labels)
+        classification, one sigmoid unit per label with binary cross-entropy
+        averaged over rows and summed over labels (scikit-learn's logistic
+        output);
         "identity": regression with half squared error.
     dtype : {"float32", "float64"}
         Dtype of parameters and of all work.
@@ -84,7 +90,10 @@ class MLP:
     Weights are drawn uniformly from ``[-r, r]``: He's ``r = sqrt(6 / d_in)``
     for ReLU layers, Glorot's ``r = sqrt(6 / (d_in + d_out))`` otherwise and
     ``r = sqrt(2 / (d_in + d_out))`` for sigmoid layers (scikit-learn's
-    choice).  Biases start at zero.
+    choice).  The output layer, whose code is identity (the loss applies the
+    softmax or sigmoid), gets Glorot's bound whatever the output, as
+    scikit-learn's output layer does unless its hidden activation is
+    logistic.  Biases start at zero.
     """
 
     def __init__(self, widths, activation="relu", output="softmax", dtype="float32",
@@ -180,6 +189,16 @@ class MLP:
         ya = v.as_array(y, name)
         empty_f = np.empty((0, d_out), dtype=self.dtype)
         empty_i = np.empty(0, dtype=np.int64)
+        if self.output == "sigmoid":
+            if ya.ndim == 1 and d_out == 1:
+                ya = ya.reshape(-1, 1)
+            if ya.ndim != 2 or ya.shape != (n, d_out):
+                also = f" or ({n},) with 0/1 labels" if d_out == 1 else " (indicator matrix)"
+                raise ValueError(f"{name} must have shape ({n}, {d_out}){also} for a sigmoid "
+                                 f"output with {d_out} unit(s); got shape {ya.shape}")
+            t = v.as_float(ya, name, 2, self.dtype)
+            v.check_unit_interval(t, name)
+            return _net.SIGMOID_XENT, empty_i, t
         if self.output == "softmax":
             if ya.ndim == 1:
                 return _net.XENT_LABELS, v.as_labels(ya, name, n, d_out), empty_f
@@ -227,7 +246,9 @@ class MLP:
         ----------
         X : array_like, shape (n, d_0)
         y : array_like
-            Classification: integer labels (n,) or target rows (n, d_L).
+            Softmax output: integer labels (n,) or target rows (n, d_L).
+            Sigmoid output: a 0/1 indicator matrix or probabilities
+            (n, d_L), or 0/1 labels (n,) when d_L == 1.
             Regression: targets (n, d_L), or (n,) when d_L == 1.
         epochs : int
             Passes over the data.
@@ -260,7 +281,8 @@ class MLP:
         history : dict of lists
             Per epoch: "loss" (training loss, L2 term included, averaged over
             the epoch's batches while training), "accuracy" for
-            classification, and "val_loss" / "val_accuracy" with validation
+            classification (all labels of a row right, for a sigmoid
+            output), and "val_loss" / "val_accuracy" with validation
             data.  The same lists accumulate in ``model.history``.
 
         Raises
@@ -291,7 +313,7 @@ class MLP:
         s1, s2 = opt.bind(self._params)
         hp = opt.hyperparameters()
         ws = self._workspace(batch_size)
-        classify = self.output == "softmax"
+        classify = self.output in CLASSIFIER_OUTPUTS
         history = {"loss": []}
         if classify:
             history["accuracy"] = []
@@ -469,19 +491,37 @@ class MLP:
         return out
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n, d_L) (classification only)."""
-        if self.output != "softmax":
-            raise ValueError("predict_proba needs a softmax output; this model regresses")
+        """Probabilities (classification only).
+
+        Softmax output: class probabilities, shape (n, d_L).  Sigmoid output
+        with one unit: ``[1 - p, p]``, shape (n, 2), as scikit-learn's binary
+        classifier; with d_L > 1 units: the d_L label probabilities, shape
+        (n, d_L).
+        """
+        if self.output not in CLASSIFIER_OUTPUTS:
+            raise ValueError("predict_proba needs a softmax output (or a sigmoid one); this "
+                             "model regresses")
         z = self.forward(X)
-        _loss.softmax_rows(z)
+        if self.output == "softmax":
+            _loss.softmax_rows(z)
+            return z
+        _act.activate(z, _act.SIGMOID)
+        if z.shape[1] == 1:
+            return np.hstack([1 - z, z])
         return z
 
     def predict(self, X):
-        """Class labels (n,) for classification; outputs for regression
-        ((n,) when there is one output, else (n, d_L))."""
+        """Class labels (n,) for a softmax output; for a sigmoid output 0/1
+        labels ``p > 0.5``, shape (n,) with one unit, else (n, d_L) (int64);
+        outputs for regression ((n,) when there is one output, else
+        (n, d_L))."""
         z = self.forward(X)
         if self.output == "softmax":
             return np.argmax(z, axis=1)
+        if self.output == "sigmoid":
+            _act.activate(z, _act.SIGMOID)
+            labels = (z > 0.5).astype(np.int64)
+            return labels[:, 0] if labels.shape[1] == 1 else labels
         return z[:, 0] if z.shape[1] == 1 else z
 
     def evaluate(self, X, y, sample_weight=None):
@@ -489,7 +529,9 @@ class MLP:
 
         Returns
         -------
-        dict with "loss" and, for classification, "accuracy".
+        dict with "loss" and, for classification, "accuracy" (for a sigmoid
+        output the share of rows whose labels are all right, as
+        scikit-learn's multilabel accuracy).
         """
         z = self.forward(X)
         n = z.shape[0]
@@ -503,11 +545,17 @@ class MLP:
             loss, correct = _loss.softmax_xent_labels(z, y_int, w, dz)
         elif kind == _net.XENT_TARGETS:
             loss, correct = _loss.softmax_xent_targets(z, y_f, w, dz)
+        elif kind == _net.SIGMOID_XENT:
+            loss, correct = _loss.sigmoid_xent(z, y_f, w, dz)
         else:
             loss = _loss.half_squared_error(z, y_f, w, dz)
         scores = {"loss": float(loss)}
-        if self.output == "softmax":
-            if sw.size:
+        if self.output in CLASSIFIER_OUTPUTS:
+            if sw.size and kind == _net.SIGMOID_XENT:
+                _act.activate(z, _act.SIGMOID)
+                hit = ((z > 0.5) == (y_f > 0.5)).all(axis=1)
+                scores["accuracy"] = float(np.sum(sw * hit) / sw.sum())
+            elif sw.size:
                 hit = np.argmax(z, 1) == (y_int if kind == _net.XENT_LABELS
                                           else np.argmax(y_f, 1))
                 scores["accuracy"] = float(np.sum(sw * hit) / sw.sum())
@@ -516,8 +564,9 @@ class MLP:
         return scores
 
     def score(self, X, y):
-        """Accuracy for classification, R^2 for regression."""
-        if self.output == "softmax":
+        """Accuracy for classification (all labels of a row right, for a
+        sigmoid output), R^2 for regression."""
+        if self.output in CLASSIFIER_OUTPUTS:
             return self.evaluate(X, y)["accuracy"]
         pred = self.forward(X).astype(np.float64)
         _, _, t = self._check_y(y, pred.shape[0])

@@ -210,7 +210,7 @@ CASES = [
     (fb.MLP, {"widths": [3, 4, 2], "activation": ["relu", "tanh"]}, ValueError, r"expected 1, got 2"),
     (fb.MLP, {"widths": [3, 4, 2], "activation": 5}, TypeError, r"activation"),
     (fb.MLP, {"widths": [3, 4, 2], "activation": [None]}, TypeError, r"activation must be an activation name"),
-    (fb.MLP, {"widths": [3, 2], "output": "sigmoid"}, ValueError, r"output must be .*'softmax'.*'identity'.*got 'sigmoid'"),
+    (fb.MLP, {"widths": [3, 2], "output": "softplus"}, ValueError, r"output must be .*'softmax'.*'identity'.*'sigmoid'.*got 'softplus'"),
     (fb.MLP, {"widths": [3, 2], "output": None}, TV, r"output must be"),
     (fb.MLP, {"widths": [3, 2], "output": ["softmax"]}, TypeError, r"output must be"),
     (fb.MLP, {"widths": [3, 1], "output": "softmax"}, ValueError, r"at least 2 classes"),

@@ -157,3 +157,53 @@ def softmax_rows(z):
         inv = one / s
         for j in range(c):
             zi[j] *= inv
+
+
+@njit(**JIT)
+def sigmoid_xent(z, t, w, dz):
+    """Sigmoid binary cross-entropy, summed over the k outputs of each row.
+
+    z (n, k) logits, t (n, k) targets in [0, 1] (0/1 indicators or
+    probabilities), w (n,) row weights, dz (n, k) output (may alias z).
+    Returns (sum_i w_i * loss_i, n_correct).
+
+    Loss_i = sum_j softplus(z_ij) - t_ij z_ij, which equals
+    -t log(p) - (1 - t) log(1 - p) with p = sigmoid(z), written as
+    ``max(z, 0) - t z + log1p(exp(-|z|))`` so that exp never overflows and no
+    log sees 0 (for z >= 0 the first two terms are taken as ``(1 - t) z``, so a
+    confidently right label keeps the tiny loss ``log1p(exp(-z))``).  Gradient: w_i * (p_ij - t_ij).  n_correct counts rows whose
+    k decisions ``p > 1/2`` all equal ``t > 1/2`` (exact-match accuracy, as
+    scikit-learn scores multilabel output).
+    """
+    n, k = z.shape
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    half = z.dtype.type(0.5)
+    loss = zero
+    correct = 0
+    for i in range(n):
+        zi = z[i]
+        ti = t[i]
+        di = dz[i]
+        wi = w[i]
+        acc = zero
+        wrong = 0
+        for j in range(k):
+            a = zi[j]
+            y = ti[j]
+            e = np.exp(-abs(a))
+            soft = np.log1p(e)
+            # max(a, 0) - y a, with the a - a of a right label (y = 1, large
+            # a) cancelled exactly rather than in rounding
+            if a >= zero:
+                p = one / (one + e)
+                acc += (one - y) * a + soft
+            else:
+                p = e / (one + e)
+                acc += soft - y * a
+            di[j] = wi * (p - y)
+            wrong += (p > half) != (y > half)
+        loss += wi * acc
+        if wrong == 0:
+            correct += 1
+    return loss, correct

@@ -2,7 +2,7 @@
 
 A network is data.  ``widths`` (int64, L + 1) holds the layer widths
 ``d_0 .. d_L`` and ``codes`` (int64, L) the activation code of each layer
-(the output layer's is IDENTITY; the loss supplies softmax).  All weights and
+(the output layer's is IDENTITY; the loss supplies softmax or sigmoid).  All weights and
 biases live in one flat buffer ``params`` laid out layer by layer as
 ``W_0 (d_0 x d_1, row-major), b_0 (d_1), W_1, b_1, ...``; ``grads`` has the
 same layout.  Workspaces (allocated once by the caller, sized for a batch
@@ -26,6 +26,7 @@ from .dense import dense_forward
 from .losses import (
     half_squared_error,
     row_weights,
+    sigmoid_xent,
     softmax_xent_labels,
     softmax_xent_targets,
 )
@@ -34,6 +35,7 @@ from .optim import all_finite, apply_update
 XENT_LABELS = 0
 XENT_TARGETS = 1
 SQUARED_ERROR = 2
+SIGMOID_XENT = 3
 
 # The mid-level functions below are inlined into their callers at the Numba
 # IR level: each is then optimised once, inside train_epoch, instead of once on
@@ -73,7 +75,7 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
     """Forward pass and loss of the batch x (m, d_0), without the L2 term.
 
     ``loss_kind`` picks the targets used: XENT_LABELS reads y_int (m,),
-    XENT_TARGETS and SQUARED_ERROR read y_f (m, d_L).  ``sw`` holds sample
+    XENT_TARGETS, SQUARED_ERROR and SIGMOID_XENT read y_f (m, d_L).  ``sw`` holds sample
     weights or is empty for a plain mean.  Writes the gradient with respect
     to the output into the front of ``dz_buf``.  Returns (loss, n_correct).
     """
@@ -87,6 +89,8 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
         loss, correct = softmax_xent_labels(out, y_int, w, dz)
     elif loss_kind == XENT_TARGETS:
         loss, correct = softmax_xent_targets(out, y_f, w, dz)
+    elif loss_kind == SIGMOID_XENT:
+        loss, correct = sigmoid_xent(out, y_f, w, dz)
     else:
         loss = half_squared_error(out, y_f, w, dz)
     return loss, correct
