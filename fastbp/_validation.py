@@ -7,6 +7,8 @@ failure reported as a ValueError or TypeError naming the argument.
 
 import numbers
 import os
+import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -298,3 +300,151 @@ def as_path(path, name="path"):
         p = os.fspath(path)
         return os.fsdecode(p)
     raise TypeError(f"{name} must be a file path (str or os.PathLike); got {_describe(path)}")
+
+
+# -- sparse input ------------------------------------------------------------
+
+
+class SparseRows(NamedTuple):
+    """X as CSR rows, checked and in the form the sparse kernels take.
+
+    data (nnz,) of the model dtype, finite; indices (nnz,) int64 columns in
+    [0, shape[1]), no duplicates within a row; indptr (n + 1,) int64,
+    non-decreasing from 0 to nnz; shape (n, d).
+    """
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple
+
+
+def is_sparse(x):
+    """True for a scipy.sparse matrix or array, without importing SciPy
+    (if SciPy's sparse module was never imported, x cannot be one)."""
+    mod = sys.modules.get("scipy.sparse")
+    return mod is not None and bool(mod.issparse(x))
+
+
+def _check_int_array(a, name, what):
+    a = np.asarray(a)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} is a malformed sparse matrix: {what} must be a 1-D integer "
+                         f"array; got dtype {a.dtype} and shape {a.shape}")
+    return a
+
+
+def _check_compressed(name, fmt, data, indices, indptr, n_major, n_minor):
+    """Check the structure of a CSR (rows major) or CSC (columns major)
+    matrix with NumPy, before any compiled code reads its indices."""
+    major, minor = ("row", "column") if fmt == "csr" else ("column", "row")
+    bad = f"{name} is a malformed {fmt.upper()} matrix"
+    indptr = _check_int_array(indptr, name, "indptr")
+    indices = _check_int_array(indices, name, "indices")
+    if np.ndim(data) != 1:
+        raise ValueError(f"{bad}: data must be 1-D; got shape {np.shape(data)}")
+    if indptr.size != n_major + 1:
+        raise ValueError(f"{bad}: indptr must have {n_major + 1} entries ({major}s + 1); "
+                         f"got {indptr.size}")
+    if indices.size != np.size(data):
+        raise ValueError(f"{bad}: indices and data must have the same length; got "
+                         f"{indices.size} and {np.size(data)}")
+    if indptr[0] != 0:
+        raise ValueError(f"{bad}: indptr must start at 0; got {indptr[0]}")
+    steps = np.diff(indptr)
+    if steps.size and (steps < 0).any():
+        i = int(np.argmax(steps < 0))
+        raise ValueError(f"{bad}: indptr must be non-decreasing; it falls from "
+                         f"{indptr[i]} to {indptr[i + 1]} at {major} {i}")
+    nnz = int(indptr[-1])
+    if nnz > indices.size:
+        raise ValueError(f"{bad}: indptr ends at {nnz} but there are only {indices.size} "
+                         "stored entries")
+    idx = indices[:nnz]
+    if nnz and (idx.min() < 0 or idx.max() >= n_minor):
+        raise ValueError(f"{bad}: {minor} indices must lie in [0, {n_minor - 1}]; got "
+                         f"values from {idx.min()} to {idx.max()}")
+    return nnz
+
+
+def _to_csr(x, name):
+    """Any scipy.sparse 2-D matrix or array as CSR, converting other formats
+    once; compressed and COO inputs are checked before SciPy converts them
+    (their conversion routines trust the indices)."""
+    shape = tuple(int(s) for s in x.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D; got a sparse {x.format} of shape {shape}")
+    fmt = x.format
+    if fmt == "csr":
+        return x
+    if fmt == "csc":
+        _check_compressed(name, "csc", x.data, x.indices, x.indptr, shape[1], shape[0])
+    elif fmt == "coo":
+        row = _check_int_array(x.row, name, "row")
+        col = _check_int_array(x.col, name, "col")
+        if row.size != col.size or row.size != np.size(x.data):
+            raise ValueError(f"{name} is a malformed COO matrix: row, col and data must "
+                             f"have one length; got {row.size}, {col.size}, {np.size(x.data)}")
+        for idx, what, lim in ((row, "row", shape[0]), (col, "column", shape[1])):
+            if idx.size and (idx.min() < 0 or idx.max() >= lim):
+                raise ValueError(f"{name} is a malformed COO matrix: {what} indices must lie "
+                                 f"in [0, {lim - 1}]; got values from {idx.min()} to "
+                                 f"{idx.max()}")
+    elif hasattr(x, "check_format"):  # BSR
+        try:
+            x.check_format(full_check=True)
+        except ValueError as exc:
+            raise ValueError(f"{name} is a malformed {fmt.upper()} matrix: {exc}") from None
+    try:
+        out = x.tocsr()
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{name} could not be converted from {fmt.upper()} to CSR: "
+                         f"{exc}") from None
+    return out
+
+
+def _sorted_unique(indices, indptr):
+    """True if the columns of every row are strictly increasing."""
+    if indices.size < 2:
+        return True
+    up = np.diff(indices) > 0
+    # a step across a row boundary may go down
+    ends = indptr[1:-1]
+    ends = ends[(ends > 0) & (ends < indices.size)] - 1
+    up[ends] = True
+    return bool(up.all())
+
+
+def as_csr(x, name, dtype):
+    """A scipy.sparse matrix or array (any format) as checked SparseRows.
+
+    Other formats are converted to CSR once; the structure (indptr
+    monotone from 0, indices in range, lengths) is checked with NumPy before
+    any compiled code reads it; values are converted to ``dtype`` and must be
+    finite; duplicate entries of a row are summed (on a copy, the caller's
+    matrix is never modified).  The matrix is never densified.
+    """
+    x = _to_csr(x, name)
+    n, d = (int(s) for s in x.shape)
+    nnz = _check_compressed(name, "csr", x.data, x.indices, x.indptr, n, d)
+    data = as_array(x.data, f"{name}.data")[:nnz]
+    indices = np.asarray(x.indices)[:nnz]
+    indptr = np.asarray(x.indptr)
+    if not _sorted_unique(indices, indptr):
+        sp = sys.modules["scipy.sparse"]
+        # csr_matrix copies what it is given here (copy=True) before summing
+        y = sp.csr_matrix((data, indices, indptr), shape=(n, d), copy=True)
+        y.sum_duplicates()
+        data, indices, indptr = y.data, y.indices, y.indptr
+    with np.errstate(over="ignore", invalid="ignore"):
+        vals = np.require(data, dtype=dtype, requirements="CAW")
+    if vals.size and not np.isfinite(vals).all():
+        k = int(np.argmax(~np.isfinite(vals)))
+        row = int(np.searchsorted(indptr, k, side="right")) - 1
+        orig = data[k]
+        what = (f"a value too large for {np.dtype(dtype)} ({orig:.3g})"
+                if np.isfinite(orig) else f"{orig}")
+        raise ValueError(f"{name} must be finite; got {what} at row {row}, column "
+                         f"{int(indices[k])} (a stored entry of the sparse matrix)")
+    return SparseRows(vals, np.require(indices, np.int64, "CAW"),
+                      np.require(indptr, np.int64, "CAW"), (n, d))

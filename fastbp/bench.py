@@ -456,6 +456,111 @@ def fit_peak_memory(dtype="float32"):
 
 
 # --------------------------------------------------------------------------
+# sparse input: a TF-IDF-like CSR problem, fastbp sparse vs dense vs scikit-learn
+
+SPARSE_SHAPE = (4000, 20000)
+SPARSE_DENSITY = 0.004
+SPARSE_CLASSES = 10
+SPARSE_HIDDEN = 100  # scikit-learn's default hidden_layer_sizes=(100,)
+
+
+def tfidf_like(n=SPARSE_SHAPE[0], d=SPARSE_SHAPE[1], density=SPARSE_DENSITY,
+               n_classes=SPARSE_CLASSES, dtype="float32", seed=0):
+    """(X, y): CSR rows with about ``density * d`` positive entries each,
+    L2-normalised like TF-IDF vectors (Zipf-like column frequencies), and
+    labels from a random linear map of X, so there is something to learn."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    per_row = max(1, round(density * d))
+    # column popularity ~ 1 / rank, like word frequencies
+    pop = 1.0 / np.arange(1, d + 1)
+    pop /= pop.sum()
+    parts = [np.unique(rng.choice(d, per_row, p=pop)) for _ in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([c.size for c in parts])])
+    indices = np.concatenate(parts)
+    data = rng.exponential(1.0, indices.size) * np.log(1.0 / pop[indices])
+    X = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ X).astype(dtype)
+    proj = rng.standard_normal((d, n_classes))
+    y = np.argmax(X @ proj, axis=1).astype(np.int64)
+    return X, y
+
+
+def sparse_fit(repeats, dtype="float32", n=SPARSE_SHAPE[0], d=SPARSE_SHAPE[1], epochs=3,
+               with_dense=True):
+    """Interleaved fit times (seconds) on the TF-IDF-like problem: fastbp on
+    CSR X, fastbp on the densified array, scikit-learn's MLPClassifier on
+    CSR X; one hidden layer of 100 ReLU units, Adam, batch 200, ``epochs``
+    epochs each."""
+    import fastbp as fb
+    X, y = tfidf_like(n, d, dtype=dtype)
+    widths = [d, SPARSE_HIDDEN, SPARSE_CLASSES]
+
+    def fb_fit(data):
+        def run():
+            m = fb.MLP(widths, activation="relu", dtype=dtype, seed=0, alpha=1e-4)
+            m.fit(data, y, epochs=epochs, batch_size=200, optimizer=fb.Adam(lr=1e-3))
+        return run
+
+    # measure() runs each once before timing: compile time is not timed
+    impls = {"fastbp-sparse": (fb_fit(X), 1)}
+    if with_dense:
+        Xd = X.toarray()
+        impls["fastbp-dense"] = (fb_fit(Xd), 1)
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        def sk():
+            clf = MLPClassifier(hidden_layer_sizes=(SPARSE_HIDDEN,), solver="adam",
+                                batch_size=200, learning_rate_init=1e-3, alpha=1e-4,
+                                max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1,
+                                shuffle=True, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(X, y)
+        impls["sklearn-sparse"] = (sk, 1)
+    except ImportError:
+        pass
+    # one untimed call each (compiles fastbp's kernels), then interleaved
+    # rounds of one call each: a fit takes seconds, so measure()'s three
+    # warm-up calls would triple the run
+    names = list(impls)
+    for name in names:
+        impls[name][0]()
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            impls[name][0]()
+            samples[name].append(time.perf_counter() - t)
+    return samples
+
+
+def report_sparse(repeats, dtype="float32", **kw):
+    """Print the sparse section; returns the medians (seconds)."""
+    n = kw.get("n", SPARSE_SHAPE[0])
+    d = kw.get("d", SPARSE_SHAPE[1])
+    epochs = kw.get("epochs", 3)
+    print(f"== sparse X: TF-IDF-like CSR {n}x{d}, density {SPARSE_DENSITY:.1%}, "
+          f"{d}-{SPARSE_HIDDEN}-{SPARSE_CLASSES} relu, adam, batch 200, {epochs} epochs, "
+          f"{dtype}")
+    s = sparse_fit(repeats, dtype, **kw)
+    med = {k: float(np.median(v)) for k, v in s.items()}
+    for k, val in med.items():
+        print(f"   {k:<16}{_fmt(val):>12} per fit  IQR {_iqr_pct(s[k]):5.1f}%")
+    if "sklearn-sparse" in med:
+        r = med["fastbp-sparse"] / med["sklearn-sparse"]
+        print(f"   {'sparse/sklearn':<16}{r:8.3f}   {_verdict(r, 0.2)}")
+    if "fastbp-dense" in med:
+        r = med["fastbp-sparse"] / med["fastbp-dense"]
+        print(f"   {'sparse/dense':<16}{r:8.3f}")
+    print(flush=True)
+    return med
+
+
+# --------------------------------------------------------------------------
 
 
 def _installed(name):
@@ -504,6 +609,8 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true",
                    help="skip digits-vs-sklearn, startup and allocation checks")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--sparse-only", action="store_true",
+                   help="only the sparse-input section (TF-IDF-like CSR X)")
     args = p.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 15)
@@ -513,6 +620,10 @@ def main(argv=None):
     import fastbp as fb
     if args.threads:
         fb.set_num_threads(args.threads)
+    sparse_kw = {"n": 1000, "epochs": 1} if args.quick else {}
+    if args.sparse_only:
+        report_sparse(args.repeats or (3 if args.quick else 5), args.dtype, **sparse_kw)
+        return 0
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
           f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
@@ -565,6 +676,7 @@ def main(argv=None):
         print(f"   cold cache    {cold:8.2f} s   {_verdict(cold, 3.0)}")
         print(f"   warm cache    {warm:8.2f} s   {_verdict(warm, 1.0)}")
         print()
+        report_sparse(max(3, repeats // 3), args.dtype, **sparse_kw)
         print("== steady-state allocation of fit (tracemalloc peak, 64-128-10, b32, 2048 rows)")
         p1, p5 = fit_peak_memory(args.dtype)
         grows = p5 > p1 + 4096

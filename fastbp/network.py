@@ -15,6 +15,7 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
+from ._kernels import sparse as _sparse
 from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
@@ -59,6 +60,16 @@ def _hidden_codes(activation, n_hidden):
         raise ValueError(f"activation lists one name per hidden layer: expected "
                          f"{n_hidden}, got {len(acts)}")
     return [v.as_activation(a) for a in acts]
+
+
+def _sparse_batch_buffers(X, batch_size):
+    """(data, indices, indptr) buffers for CSR batches of up to batch_size
+    rows of the SparseRows X: room for the batch_size longest rows."""
+    lengths = np.diff(X.indptr)
+    k = min(batch_size, lengths.size)
+    cap = int(np.partition(lengths, lengths.size - k)[lengths.size - k:].sum()) if k else 0
+    return (np.empty(max(cap, 1), dtype=X.data.dtype), np.empty(max(cap, 1), dtype=np.int64),
+            np.empty(batch_size + 1, dtype=np.int64))
 
 
 class MLP:
@@ -176,6 +187,20 @@ class MLP:
 
     # -- data --------------------------------------------------------------
     def _check_X(self, X, name="X"):
+        """X as the kernels take it: a C-contiguous array of the model dtype,
+        or, for scipy.sparse input (any format), checked CSR ``SparseRows``
+        (never densified)."""
+        if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
+            return X
+        if v.is_sparse(X):
+            X = v.as_csr(X, name, self.dtype)
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty: expected at least one row; got shape "
+                                 f"{X.shape}")
+            if X.shape[1] != self.widths[0]:
+                raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
+                                 f"got sparse shape {X.shape}")
+            return X
         X = v.as_float(X, name, 2, self.dtype)
         v.check_nonempty(X, name)
         if X.shape[1] != self.widths[0]:
@@ -217,9 +242,10 @@ class MLP:
                              f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
         return _net.SQUARED_ERROR, empty_i, t
 
-    def _workspace(self, cap):
-        """Buffers for batches of up to ``cap`` rows, reused between calls."""
-        key = (cap, self.dtype, tuple(self.widths))
+    def _workspace(self, cap, dense_x=True):
+        """Buffers for batches of up to ``cap`` rows, reused between calls
+        (without the dense input batch ``xb`` when X is sparse)."""
+        key = (cap, self.dtype, tuple(self.widths), dense_x)
         if self._ws_key != key:
             w = self.widths
             dt = self.dtype
@@ -228,7 +254,7 @@ class MLP:
                 "delta_a": np.zeros(cap * int(w[1:].max()), dtype=dt),
                 "delta_b": np.zeros(cap * int(w[1:].max()), dtype=dt),
                 "rw": np.zeros(cap, dtype=dt),
-                "xb": np.zeros(cap * int(w[0]), dtype=dt),
+                "xb": np.zeros(cap * int(w[0]) if dense_x else 0, dtype=dt),
                 "yb_int": np.zeros(cap, dtype=np.int64),
                 "yb_f": np.zeros(cap * int(w[-1]), dtype=dt),
                 "swb": np.zeros(cap, dtype=np.float64),
@@ -312,7 +338,10 @@ class MLP:
         opt = self._resolve_optimizer(optimizer)
         s1, s2 = opt.bind(self._params)
         hp = opt.hyperparameters()
-        ws = self._workspace(batch_size)
+        sparse = isinstance(X, v.SparseRows)
+        ws = self._workspace(batch_size, not sparse)
+        if sparse:
+            sb = _sparse_batch_buffers(X, batch_size)
         classify = self.output in CLASSIFIER_OUTPUTS
         history = {"loss": []}
         if classify:
@@ -330,13 +359,22 @@ class MLP:
         try:
             for _ in range(epochs):
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                status, batch, loss_sum, correct, step = _net.train_epoch(
-                    X, y_int, y_f, sw, perm, batch_size,
-                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                    opt.kind, hp, s1, s2, opt.step_,
-                    ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                    ws["delta_a"], ws["delta_b"], ws["rw"],
-                )
+                if sparse:
+                    status, batch, loss_sum, correct, step, _ = _sparse.train_epoch_sparse(
+                        X.data, X.indices, X.indptr, y_int, y_f, sw, perm, batch_size,
+                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                        opt.kind, hp, s1, s2, opt.step_,
+                        sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                        ws["delta_a"], ws["delta_b"], ws["rw"],
+                    )
+                else:
+                    status, batch, loss_sum, correct, step = _net.train_epoch(
+                        X, y_int, y_f, sw, perm, batch_size,
+                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                        opt.kind, hp, s1, s2, opt.step_,
+                        ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                        ws["delta_a"], ws["delta_b"], ws["rw"],
+                    )
                 opt.step_ = int(step)
                 if status != 0:
                     raise DivergenceError.from_status(status, self.epochs_trained + 1,
@@ -383,11 +421,32 @@ class MLP:
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
         s1, s2 = opt.bind(self._params)
+        if isinstance(X, v.SparseRows):
+            return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n)
         status, loss, _, step = _net.train_step(
             self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
             y_int, y_f, sw, opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
             ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
+        )
+        if status != 0:
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
+        opt.step_ = int(step)
+        return float(loss)
+
+    def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
+        """train_on_batch for SparseRows X: the sparse epoch kernel over all
+        rows in order as one batch (one step, the same update)."""
+        n = X.shape[0]
+        s1, s2 = opt.bind(self._params)
+        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, False)
+        sb = _sparse_batch_buffers(X, n)
+        status, _, _, _, step, loss = _sparse.train_epoch_sparse(
+            X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
+            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+            opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
+            sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+            ws["delta_a"], ws["delta_b"], ws["rw"],
         )
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
@@ -411,6 +470,14 @@ class MLP:
         w, dt = self.widths, self.dtype
         big = n * int(w[1:].max())
         grads = np.empty_like(self._params)
+        if isinstance(X, v.SparseRows):
+            loss, _ = _sparse.loss_and_grad_sparse(
+                self._params, grads, w, self.codes, kind, self.alpha,
+                X.data, X.indices, X.indptr, y_int, y_f, sw,
+                np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
+                np.empty(n, dt),
+            )
+            return float(loss), self._views(grads)
         loss, _ = _net.loss_and_grad(
             self._params, grads, w, self.codes, kind, self.alpha, X, y_int, y_f, sw,
             np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
@@ -485,6 +552,13 @@ class MLP:
         out = np.empty((n, int(self.widths[-1])), dtype=self.dtype)
         cap = min(n, _PREDICT_CHUNK)
         acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
+        if isinstance(X, v.SparseRows):
+            for s in range(0, n, cap):
+                e = min(s + cap, n)
+                # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
+                out[s:e] = _sparse.forward_sparse(self._params, self.widths, self.codes,
+                                                  X.data, X.indices, X.indptr[s:e + 1], acts)
+            return out
         for s in range(0, n, cap):
             out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
                                           X[s:s + cap], acts)

@@ -364,7 +364,10 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         batch_size = self._batch_size(n)
         dense = not sp.issparse(X)
-        data = model._prepare_data(X, target, sample_weight) if dense else None
+        if dense:
+            data = model._prepare_data(X, target, sample_weight)
+        else:  # checked once: fb.MLP.fit takes its checked sparse rows as they are
+            X = model._check_X(X)
         opt = self._optimizer
         try:
             self.n_iter_ = 0

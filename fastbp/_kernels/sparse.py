@@ -1,0 +1,287 @@
+"""Kernels for a sparse first layer: X in CSR form, the rest of the network dense.
+
+A CSR matrix of ``m`` rows is three arrays: ``data`` (values), ``indices``
+(int64 column of each value) and ``indptr`` (int64, ``m + 1``): row ``r``
+holds ``data[indptr[r]:indptr[r + 1]]`` at columns
+``indices[indptr[r]:indptr[r + 1]]``.  ``indptr`` need not start at 0, so a
+slice ``indptr[s:e + 1]`` of a larger matrix is rows ``s .. e - 1`` of it
+with no copy.  Duplicate columns within a row are summed, unsorted columns
+are fine.  The callers have checked every index (kernels do no bounds
+checks).
+
+Only the first layer sees X:
+
+    forward    A_1 = X @ W_0 + b_0          (csr_matmul: rows of W_0 scaled and summed)
+    backward   dW_0 = X.T @ dA_1            (csr_weight_grad: rows of dA_1 scattered
+                                             into the rows of dW_0 named by the columns)
+
+and no gradient with respect to X is formed.  Layers 1 .. L are run by the
+dense whole-network functions of network.py, called on the sub-network that
+starts at layer 1 (its widths, codes, parameters and activations are tail
+slices of the full ones, laid out identically).  These entry points are
+separate functions, so a user who never passes sparse X never compiles them
+and the dense kernels are not changed by them.
+"""
+
+import numpy as np
+from numba import njit
+
+from .activations import bias_activation, delta_in_place
+from .blas import matmul
+from .config import JIT
+from .network import (
+    JIT_INLINE,
+    XENT_LABELS,
+    backward,
+    forward,
+    forward_loss,
+    l2_alpha,
+    view2d,
+)
+from .optim import all_finite, apply_update
+
+
+@njit(**JIT)
+def csr_matmul(data, indices, indptr, W, out):
+    """out = X @ W for the CSR rows X (data, indices, indptr).
+
+    W (d_in, d_out) C-contiguous, out (m, d_out) C-contiguous with
+    m = indptr.size - 1; every index in [0, d_in).  Each output row is the
+    sum of the rows of W named by its columns, scaled by the values, added
+    in storage order (deterministic); the inner loop runs over d_out.
+    """
+    m, d = out.shape
+    zero = out.dtype.type(0)
+    for r in range(m):
+        o = out[r]
+        for j in range(d):
+            o[j] = zero
+        for k in range(indptr[r], indptr[r + 1]):
+            v = data[k]
+            w = W[indices[k]]
+            for j in range(d):
+                o[j] += v * w[j]
+
+
+@njit(**JIT)
+def csr_weight_grad(data, indices, indptr, da, W, reg, dW, acc):
+    """dW = X.T @ da (+ reg * W when reg != 0) for the CSR rows X.
+
+    da (m, d_out), W and dW (d_in, d_out), all C-contiguous, one dtype;
+    reg a scalar of that dtype; acc (d_out,) scratch.  dW is overwritten:
+    first zero (or reg * W), then ``dW[indices[k], :] += data[k] * da[r, :]``
+    for the entries k of each row r in order (deterministic; the inner loops
+    run over d_out).  Returns sum(W**2) when reg != 0 (for the L2 term of
+    the loss), else 0; it is summed per column in ``acc`` first, so that
+    the loop vectorises without reordering any floating-point sum.
+    """
+    m, d = da.shape
+    zero = dW.dtype.type(0)
+    ss = zero
+    if reg != zero:
+        for j in range(d):
+            acc[j] = zero
+        for i in range(W.shape[0]):
+            w = W[i]
+            o = dW[i]
+            for j in range(d):
+                o[j] = reg * w[j]
+                acc[j] += w[j] * w[j]
+        for j in range(d):
+            ss += acc[j]
+    else:
+        flat = dW.reshape(dW.size)
+        for i in range(flat.size):
+            flat[i] = zero
+    for r in range(m):
+        g = da[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            v = data[k]
+            o = dW[indices[k]]
+            for j in range(d):
+                o[j] += v * g[j]
+    return ss
+
+
+@njit(**JIT)
+def gather_rows(data, indices, indptr, rows, bdata, bindices, bindptr):
+    """Copy the CSR rows ``rows`` (in that order) of X into the buffers
+    bdata / bindices / bindptr as a CSR batch starting at 0.
+
+    The buffers must hold at least the batch's entries and rows.size + 1
+    row pointers.  Returns the number of entries copied.
+    """
+    pos = 0
+    bindptr[0] = 0
+    for r in range(rows.size):
+        src = rows[r]
+        for k in range(indptr[src], indptr[src + 1]):
+            bdata[pos] = data[k]
+            bindices[pos] = indices[k]
+            pos += 1
+        bindptr[r + 1] = pos
+    return pos
+
+
+@njit(**JIT_INLINE)
+def first_layer(params, widths, codes, data, indices, indptr, acts):
+    """H_1 = g(X @ W_0 + b_0) into the front of acts; returns the (m, d_1) view."""
+    m = indptr.size - 1
+    d0 = widths[0]
+    d1 = widths[1]
+    h1 = view2d(acts, 0, m, d1)
+    csr_matmul(data, indices, indptr, view2d(params, 0, d0, d1), h1)
+    bias_activation(h1, params[d0 * d1 : d0 * d1 + d1], codes[0])
+    return h1
+
+
+@njit(**JIT)
+def forward_sparse(params, widths, codes, data, indices, indptr, acts):
+    """Network outputs H_L for the CSR rows X; arguments as in network.forward
+    with X given as (data, indices, indptr).  Returns an (m, d_L) view of acts."""
+    m = indptr.size - 1
+    h1 = first_layer(params, widths, codes, data, indices, indptr, acts)
+    p1 = widths[0] * widths[1] + widths[1]
+    return forward(params[p1:], widths[1:], codes[1:], h1, acts[m * widths[1]:])
+
+
+@njit(**JIT_INLINE)
+def forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
+                        y_int, y_f, sw, acts, dz_buf, rw):
+    """network.forward_loss for CSR rows X: the first layer here, the rest and
+    the loss by forward_loss on the sub-network from layer 1.  Returns
+    (loss, n_correct, h1)."""
+    m = indptr.size - 1
+    h1 = first_layer(params, widths, codes, data, indices, indptr, acts)
+    p1 = widths[0] * widths[1] + widths[1]
+    loss, correct = forward_loss(params[p1:], widths[1:], codes[1:], loss_kind, h1,
+                                 y_int, y_f, sw, acts[m * widths[1]:], dz_buf, rw)
+    return loss, correct, h1
+
+
+@njit(**JIT_INLINE)
+def backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, h1,
+                    acts, delta_a, delta_b):
+    """network.backward for CSR rows X, after forward_loss_sparse; fills grads
+    and returns the L2 term of the loss.
+
+    Layers 1 .. L go through network.backward on the sub-network from layer
+    1.  That function leaves dA_1 in ``delta_a`` after an even number of
+    buffer swaps (one per layer below its top, L - 2 in all) and in
+    ``delta_b`` otherwise; with no hidden layer (L == 1) the output gradient
+    is still in ``delta_a``.  (The sparse-versus-dense tests in
+    tests/test_sparse.py fail if that convention changes.)
+    """
+    m = indptr.size - 1
+    L = widths.size - 1
+    d0 = widths[0]
+    d1 = widths[1]
+    p1 = d0 * d1 + d1
+    l2 = backward(params[p1:], grads[p1:], widths[1:], codes[1:], alpha, h1,
+                  acts[m * d1:], delta_a, delta_b)
+    if L == 1 or (L - 2) % 2 == 0:
+        cur = delta_a
+        other = delta_b
+    else:
+        cur = delta_b
+        other = delta_a
+    if L == 1:
+        da = view2d(cur, 0, m, d1)
+    else:
+        # dH_1 = dA_2 @ W_1.T
+        d2 = widths[2]
+        da = view2d(other, 0, m, d1)
+        matmul(view2d(cur, 0, m, d2), view2d(params, p1, d1, d2).T, da)
+    delta_in_place(da, h1, codes[0], grads[d0 * d1 : p1])
+    reg = params.dtype.type(alpha / m)
+    # scratch for csr_weight_grad: with L == 1, ``other`` is unused; else
+    # ``cur`` (dA_2) is no longer needed
+    scratch = other if L == 1 else cur
+    ss = csr_weight_grad(data, indices, indptr, da, view2d(params, 0, d0, d1), reg,
+                         view2d(grads, 0, d0, d1), scratch[:d1])
+    return l2 + params.dtype.type(0.5) * reg * ss
+
+
+@njit(**JIT)
+def loss_and_grad_sparse(params, grads, widths, codes, loss_kind, alpha,
+                         data, indices, indptr, y_int, y_f, sw, acts, delta_a, delta_b, rw):
+    """network.loss_and_grad with X as CSR rows (data, indices, indptr).
+    Returns (loss, n_correct)."""
+    loss, correct, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices,
+                                            indptr, y_int, y_f, sw, acts, delta_a, rw)
+    l2 = backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
+                         data, indices, indptr, h1, acts, delta_a, delta_b)
+    return loss + l2, correct
+
+
+@njit(**JIT_INLINE)
+def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indices, indptr,
+                      y_int, y_f, sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b,
+                      rw):
+    """network.train_step with X as CSR rows: same checks and statuses
+    (0 success, 1 non-finite loss, 2 non-finite gradient; then no update).
+    Returns (status, loss, n_correct, step)."""
+    loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
+                                      y_int, y_f, sw, acts, delta_a, rw)
+    if not np.isfinite(loss):
+        return 1, loss, c, step
+    loss += backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
+                            data, indices, indptr, h1, acts, delta_a, delta_b)
+    if not all_finite(grads):
+        return 2, loss, c, step
+    apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    return 0, loss, c, step + 1
+
+
+@njit(**JIT)
+def train_epoch_sparse(
+    data, indices, indptr, y_int, y_f, sw, perm, batch_size,
+    params, grads, widths, codes, loss_kind, alpha,
+    opt_kind, hp, s1, s2, step,
+    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
+):
+    """network.train_epoch for X given as CSR rows (data, indices, indptr).
+
+    Each step gathers its rows ``perm[start:start + m]`` into the CSR batch
+    buffers bdata / bindices (room for the largest batch's entries) and
+    bindptr (batch_size + 1), and its targets as train_epoch does.
+    Returns (status, batch, loss_sum, n_correct, step, last_loss): as
+    train_epoch, plus the loss of the last step taken.
+    """
+    n = perm.size
+    dl = widths[widths.size - 1]
+    use_w = sw.size > 0
+    loss_sum = 0.0
+    correct = 0
+    last = params.dtype.type(0)
+    nb = (n + batch_size - 1) // batch_size
+    for bi in range(nb):
+        start = bi * batch_size
+        m = min(batch_size, n - start)
+        gather_rows(data, indices, indptr, perm[start:start + m], bdata, bindices, bindptr)
+        yf = view2d(yb_f, 0, 0, dl)
+        if loss_kind == XENT_LABELS:
+            for r in range(m):
+                yb_int[r] = y_int[perm[start + r]]
+        else:
+            yf = view2d(yb_f, 0, m, dl)
+            for r in range(m):
+                ys = y_f[perm[start + r]]
+                yr = yf[r]
+                for j in range(dl):
+                    yr[j] = ys[j]
+        swv = swb[:0]
+        if use_w:
+            swv = swb[:m]
+            for r in range(m):
+                swv[r] = sw[perm[start + r]]
+        status, loss, c, step = train_step_sparse(
+            params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
+            yb_int[:m], yf, swv, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
+        )
+        if status != 0:
+            return status, bi, loss_sum, correct, step, loss
+        loss_sum += float(loss) * m
+        correct += c
+        last = loss
+    return 0, nb, loss_sum, correct, step, last
