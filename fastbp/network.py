@@ -96,7 +96,8 @@ class MLP:
         Seeds initialisation and shuffling; the same seed gives the same
         parameters after the same calls.
     alpha : float
-        L2 penalty: the loss gains ``alpha / (2 n_batch) * sum(W**2)``.
+        L2 penalty: the loss gains ``alpha / (2 n_batch) * sum(W**2)``, with
+        n_batch the total sample weight of the batch when weights are given.
 
     Weights are drawn uniformly from ``[-r, r]``: He's ``r = sqrt(6 / d_in)``
     for ReLU layers, Glorot's ``r = sqrt(6 / (d_in + d_out))`` otherwise and
