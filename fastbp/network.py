@@ -20,7 +20,8 @@ from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
 
-OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.IDENTITY}
+OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.IDENTITY,
+           "exp": _act.IDENTITY}
 #: outputs that classify (loss with accuracy; predict gives labels)
 CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
@@ -83,13 +84,16 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation ("relu", "tanh", "sigmoid", "identity"), one
         for all or one per hidden layer.
-    output : {"softmax", "sigmoid", "identity"}
+    output : {"softmax", "sigmoid", "identity", "exp"}
         "softmax": classification with mean cross-entropy (``d_L`` classes);
         "sigmoid": binary (``d_L == 1``) or multilabel (``d_L`` labels)
         classification, one sigmoid unit per label with binary cross-entropy
         averaged over rows and summed over labels (scikit-learn's logistic
         output);
-        "identity": regression with half squared error.
+        "identity": regression with half squared error;
+        "exp": regression of non-negative targets (counts, rates) with the
+        Poisson loss and a log link, predictions ``exp(output)``
+        (scikit-learn's ``MLPRegressor(loss="poisson")``).
     dtype : {"float32", "float64"}
         Dtype of parameters and of all work.
     seed : int or None
@@ -241,6 +245,11 @@ class MLP:
         if t.shape != (n, d_out):
             raise ValueError(f"{name} must have shape ({n}, {d_out})"
                              f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
+        if self.output == "exp":
+            if (t < 0).any():
+                raise ValueError(f"{name} must be non-negative for the Poisson loss (output="
+                                 f"'exp'); got minimum {t.min()}")
+            return _net.POISSON, empty_i, t
         return _net.SQUARED_ERROR, empty_i, t
 
     def _workspace(self, cap, dense_x=True):
@@ -597,6 +606,8 @@ class MLP:
             _act.activate(z, _act.SIGMOID)
             labels = (z > 0.5).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
+        if self.output == "exp":
+            np.exp(z, out=z)
         return z[:, 0] if z.shape[1] == 1 else z
 
     def evaluate(self, X, y, sample_weight=None):
@@ -622,6 +633,8 @@ class MLP:
             loss, correct = _loss.softmax_xent_targets(z, y_f, w, dz)
         elif kind == _net.SIGMOID_XENT:
             loss, correct = _loss.sigmoid_xent(z, y_f, w, dz)
+        elif kind == _net.POISSON:
+            loss = _loss.poisson_log_link(z, y_f, w, dz)
         else:
             loss = _loss.half_squared_error(z, y_f, w, dz)
         scores = {"loss": float(loss)}
@@ -644,6 +657,8 @@ class MLP:
         if self.output in CLASSIFIER_OUTPUTS:
             return self.evaluate(X, y)["accuracy"]
         pred = self.forward(X).astype(np.float64)
+        if self.output == "exp":
+            np.exp(pred, out=pred)
         _, _, t = self._check_y(y, pred.shape[0])
         t = t.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(0)

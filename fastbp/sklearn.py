@@ -66,7 +66,7 @@ from .optim import SGD, Adam
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
-_OUTPUTS = {"softmax": "softmax", "logistic": "sigmoid", "identity": "identity"}
+_OUTPUTS = {"softmax": "softmax", "logistic": "sigmoid", "identity": "identity", "exp": "exp"}
 _STOCHASTIC = ("sgd", "adam")
 # integer parameters for which a bool (an Integral in Python) is refused
 _INT_PARAMS = ("batch_size", "max_iter", "n_iter_no_change", "max_fun")
@@ -465,6 +465,8 @@ class _BaseMLP(BaseEstimator):
             z /= z.sum(axis=1, keepdims=True)
         elif self.out_activation_ == "logistic":
             expit(z, out=z)
+        elif self.out_activation_ == "exp":
+            np.exp(z, out=z)
         return z
 
     def _score_unchecked(self, X, y, sample_weight):
@@ -622,8 +624,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor (identity output, half squared error).
 
     Parameters and fitted attributes follow
-    ``sklearn.neural_network.MLPRegressor`` (see the module docstring), except
-    ``loss``: only "squared_error" (``loss="poisson"`` is refused).
+    ``sklearn.neural_network.MLPRegressor`` (see the module docstring):
+    ``loss="squared_error"`` (identity output) or ``"poisson"`` (exponential
+    output, Poisson loss, non-negative targets).
     """
 
     _parameter_constraints: ClassVar[dict] = {
@@ -650,13 +653,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             max_fun=max_fun, dtype=dtype)
         self.loss = loss
 
-    def _check_params(self):
-        hidden = super()._check_params()
-        if self.loss != "squared_error":
-            raise ValueError(f"The 'loss' parameter of MLPRegressor: fastbp supports only "
-                             f"'squared_error'; got {self.loss!r}")
-        return hidden
-
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=_accept_sparse(), multi_output=True,
                              y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
@@ -666,7 +662,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _encode(self, y):
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        return Y, Y.shape[1], "identity"
+        if self.loss == "poisson" and (Y < 0).any():
+            raise ValueError("loss='poisson' needs non-negative y; got minimum "
+                             f"{Y.min()}")
+        return Y, Y.shape[1], "exp" if self.loss == "poisson" else "identity"
 
     def _predict(self, X, check_input=True):
         out = self._outputs(X, check_input)

@@ -284,6 +284,23 @@ def test_sparse_input_like_dense(solver):
         assert sparse.score(fmt(X), y) == dense.score(X, y)
 
 
+@quiet
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_poisson_regressor_like_scikit_learn(solver):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(300, 4))
+    y = rng.poisson(np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1]))
+    kw = {"loss": "poisson", "solver": solver, "hidden_layer_sizes": (10,), "max_iter": 300,
+          "random_state": 0, "learning_rate_init": 0.01}
+    ours, theirs = MLPRegressor(**kw).fit(X, y), SkRegressor(**kw).fit(X, y)
+    assert ours.out_activation_ == theirs.out_activation_ == "exp"
+    assert (ours.predict(X) > 0).all() and ours.predict(X).shape == (300,)
+    assert ours.score(X, y) > theirs.score(X, y) - 0.1
+    assert ours.loss_ < theirs.loss_ * 1.2
+    with pytest.raises(ValueError, match="non-negative"):
+        MLPRegressor(**kw).fit(X, -y - 1.0)
+
+
 # -- item 6: everything else -------------------------------------------------------
 def test_stopping_rule_and_warning():
     X, y = _digits(200)

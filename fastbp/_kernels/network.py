@@ -25,6 +25,7 @@ from .config import JIT
 from .dense import dense_forward
 from .losses import (
     half_squared_error,
+    poisson_log_link,
     row_weights,
     sigmoid_xent,
     softmax_xent_labels,
@@ -36,6 +37,7 @@ XENT_LABELS = 0
 XENT_TARGETS = 1
 SQUARED_ERROR = 2
 SIGMOID_XENT = 3
+POISSON = 4
 
 # The mid-level functions below are inlined into their callers at the Numba
 # IR level: each is then optimised once, inside train_epoch, instead of once on
@@ -91,6 +93,8 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
         loss, correct = softmax_xent_targets(out, y_f, w, dz)
     elif loss_kind == SIGMOID_XENT:
         loss, correct = sigmoid_xent(out, y_f, w, dz)
+    elif loss_kind == POISSON:
+        loss = poisson_log_link(out, y_f, w, dz)
     else:
         loss = half_squared_error(out, y_f, w, dz)
     return loss, correct
