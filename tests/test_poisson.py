@@ -79,3 +79,22 @@ def test_negative_targets_refused():
     model = fb.MLP([3, 1], output="exp", dtype="float64")
     with pytest.raises(ValueError, match="y must be non-negative"):
         model.fit(np.zeros((4, 3)), [1.0, -1.0, 0.0, 2.0], epochs=1)
+
+
+def test_sklearn_interop_round_trip():
+    pytest.importorskip("sklearn")
+    from sklearn.neural_network import MLPRegressor
+
+    from fastbp.interop import from_sklearn, to_sklearn
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    y = rng.poisson(2.0, 60)
+    sk = MLPRegressor(loss="poisson", hidden_layer_sizes=(4,), max_iter=30, random_state=0)
+    with pytest.warns(Warning):
+        sk.fit(X, y)
+    m = from_sklearn(sk)
+    assert m.output == "exp"
+    np.testing.assert_allclose(m.predict(X), sk.predict(X), rtol=1e-10)
+    back = to_sklearn(m, X, y)
+    np.testing.assert_allclose(back.predict(X), sk.predict(X), rtol=1e-10)
