@@ -15,7 +15,6 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
-from ._kernels import sparse as _sparse
 from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
@@ -61,6 +60,14 @@ def _hidden_codes(activation, n_hidden):
         raise ValueError(f"activation lists one name per hidden layer: expected "
                          f"{n_hidden}, got {len(acts)}")
     return [v.as_activation(a) for a in acts]
+
+
+def _sparse_kernels():
+    """The sparse kernel module, imported on first sparse input only (its
+    dispatchers cost ~20-30 ms of import time that dense users need not pay)."""
+    from ._kernels import sparse
+
+    return sparse
 
 
 def _sparse_batch_buffers(X, batch_size):
@@ -195,22 +202,27 @@ class MLP:
         """X as the kernels take it: a C-contiguous array of the model dtype,
         or, for scipy.sparse input (any format), checked CSR ``SparseRows``
         (never densified)."""
-        if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
-            return X
-        if v.is_sparse(X):
-            X = v.as_csr(X, name, self.dtype)
-            if X.shape[0] == 0:
-                raise ValueError(f"{name} is empty: expected at least one row; got shape "
-                                 f"{X.shape}")
-            if X.shape[1] != self.widths[0]:
-                raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
-                                 f"got sparse shape {X.shape}")
-            return X
+        if type(X) is not np.ndarray:  # the dense fast path pays one type test
+            if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
+                return X
+            if v.is_sparse(X):
+                return self._check_sparse_X(X, name)
         X = v.as_float(X, name, 2, self.dtype)
         v.check_nonempty(X, name)
         if X.shape[1] != self.widths[0]:
             raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
                              f"got shape {X.shape}")
+        return X
+
+    def _check_sparse_X(self, X, name):
+        """scipy.sparse X (any format) as checked CSR SparseRows."""
+        X = v.as_csr(X, name, self.dtype)
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty: expected at least one row; got shape "
+                             f"{X.shape}")
+        if X.shape[1] != self.widths[0]:
+            raise ValueError(f"{name} must have {self.widths[0]} columns (widths[0]); "
+                             f"got sparse shape {X.shape}")
         return X
 
     def _check_y(self, y, n, name="y"):
@@ -280,7 +292,10 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like, shape (n, d_0)
+        X : array_like or scipy.sparse matrix/array, shape (n, d_0)
+            Dense input, or sparse rows (CSR; other formats are converted to
+            CSR once): the first layer then runs as sparse kernels and X is
+            never densified.  The same holds for every method taking X.
         y : array_like
             Softmax output: integer labels (n,) or target rows (n, d_L).
             Sigmoid output: a 0/1 indicator matrix or probabilities
@@ -352,6 +367,7 @@ class MLP:
         ws = self._workspace(batch_size, not sparse)
         if sparse:
             sb = _sparse_batch_buffers(X, batch_size)
+            train_epoch_sparse = _sparse_kernels().train_epoch_sparse
         classify = self.output in CLASSIFIER_OUTPUTS
         history = {"loss": []}
         if classify:
@@ -370,7 +386,7 @@ class MLP:
             for _ in range(epochs):
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
                 if sparse:
-                    status, batch, loss_sum, correct, step, _ = _sparse.train_epoch_sparse(
+                    status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
                         X.data, X.indices, X.indptr, y_int, y_f, sw, perm, batch_size,
                         self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                         opt.kind, hp, s1, s2, opt.step_,
@@ -451,7 +467,7 @@ class MLP:
         s1, s2 = opt.bind(self._params)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, False)
         sb = _sparse_batch_buffers(X, n)
-        status, _, _, _, step, loss = _sparse.train_epoch_sparse(
+        status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
             X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
             self._params, self._grads, self.widths, self.codes, kind, self.alpha,
             opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
@@ -481,7 +497,7 @@ class MLP:
         big = n * int(w[1:].max())
         grads = np.empty_like(self._params)
         if isinstance(X, v.SparseRows):
-            loss, _ = _sparse.loss_and_grad_sparse(
+            loss, _ = _sparse_kernels().loss_and_grad_sparse(
                 self._params, grads, w, self.codes, kind, self.alpha,
                 X.data, X.indices, X.indptr, y_int, y_f, sw,
                 np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
@@ -563,11 +579,12 @@ class MLP:
         cap = min(n, _PREDICT_CHUNK)
         acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
         if isinstance(X, v.SparseRows):
+            forward_sparse = _sparse_kernels().forward_sparse
             for s in range(0, n, cap):
                 e = min(s + cap, n)
                 # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
-                out[s:e] = _sparse.forward_sparse(self._params, self.widths, self.codes,
-                                                  X.data, X.indices, X.indptr[s:e + 1], acts)
+                out[s:e] = forward_sparse(self._params, self.widths, self.codes,
+                                          X.data, X.indices, X.indptr[s:e + 1], acts)
             return out
         for s in range(0, n, cap):
             out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,

@@ -78,7 +78,7 @@ def test_asv_timeraw_sources_compile():
 
 def test_asv_sparse_suite_runs_tiny(monkeypatch):
     from asv_benchmarks.bench_sparse import SparseFitSuite
-    monkeypatch.setattr(SparseFitSuite, "n_rows", 60)
+    monkeypatch.setattr(SparseFitSuite, "n_rows", 250)
     monkeypatch.setattr(SparseFitSuite, "n_cols", 300)
     obj = SparseFitSuite()
     data = obj.setup_cache()
@@ -88,7 +88,7 @@ def test_asv_sparse_suite_runs_tiny(monkeypatch):
 
 
 def test_bench_sparse_section_tiny(capsys):
-    med = bench.report_sparse(1, n=60, d=300, epochs=1)
+    med = bench.report_sparse(1, n=250, d=300, epochs=1)
     assert set(med) >= {"fastbp-sparse", "fastbp-dense"}
     out = capsys.readouterr().out
     assert "sparse/dense" in out

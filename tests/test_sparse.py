@@ -347,3 +347,14 @@ def test_sparse_train_dense_validation_and_back():
     assert len(h["val_loss"]) == 2
     m.fit(X.toarray(), y, epochs=1, batch_size=16, validation_data=(X, y))
     assert len(m.history["val_loss"]) == 3
+
+
+def test_matrix_with_no_stored_entries():
+    X = sp.csr_matrix((5, 6))
+    y = np.array([0, 1, 2, 0, 1])
+    ms, md = _pair([6, 4, 3], dtype="float64")
+    hs = ms.fit(X, y, epochs=2, batch_size=2)
+    hd = md.fit(X.toarray(), y, epochs=2, batch_size=2)
+    np.testing.assert_array_equal(ms.flat_params, md.flat_params)
+    np.testing.assert_array_equal(hs["loss"], hd["loss"])
+    np.testing.assert_array_equal(ms.predict(X), md.predict(X.toarray()))

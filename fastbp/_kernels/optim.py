@@ -74,11 +74,7 @@ def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
             p[i] -= lr_ * vi
 
 
-# error_model="numpy": with Numba's default ("python") every division in
-# the loop is guarded by a division-by-zero branch that raises, which keeps
-# LLVM from vectorising it; the divisor here is sqrt(.) + eps > 0 anyway.
-# Measured 9.4 -> see docs/performance.md ns per float32 parameter.
-@njit(**dict(JIT, error_model="numpy"))
+@njit(**JIT)
 def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """Adam (Kingma & Ba) with bias correction; ``step`` counts from 1.
 
