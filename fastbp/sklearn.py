@@ -300,7 +300,10 @@ class _BaseMLP(BaseEstimator):
         model = self._model
         flat = model.flat_params
         dense = not sp.issparse(X)
-        data = model._prepare_data(X, target, sample_weight) if dense else None
+        if dense:
+            data = model._prepare_data(X, target, sample_weight)
+        else:  # checked once; fb.MLP.loss_and_grad takes its checked sparse rows as they are
+            X = model._check_X(X)
 
         def loss_grad(x):
             flat[...] = x
@@ -538,9 +541,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _encode(self, y):
         """(targets for fb.MLP, n_outputs_, out_activation_)."""
         lb = self._label_binarizer
+        if lb.y_type_ == "multiclass":  # labels as indices into classes_ (sorted)
+            return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), \
+                "softmax"
         Y = lb.transform(y)
-        if lb.y_type_ == "multiclass":
-            return np.argmax(Y, axis=1).astype(np.int64), Y.shape[1], "softmax"
         if _has_sigmoid_output():
             return Y.astype(np.float64), Y.shape[1], "logistic"
         if lb.y_type_ == "binary" and len(self.classes_) == 2:
