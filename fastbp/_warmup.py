@@ -8,7 +8,12 @@ def prepare(dtypes=("float32", "float64")):
     pays for compilation.  With a warm on-disk cache this only loads them.
     """
     from .datasets import load_digits  # noqa: F401
-    from .layers import dense_backward, dense_forward, softmax_cross_entropy
+    from .layers import (
+        dense_backward,
+        dense_forward,
+        sigmoid_cross_entropy,
+        softmax_cross_entropy,
+    )
     from .network import MLP
 
     rng = np.random.default_rng(0)
@@ -19,6 +24,7 @@ def prepare(dtypes=("float32", "float64")):
         h = dense_forward(x, W, b, "relu")
         dense_backward(h, x, W, h, "relu")
         softmax_cross_entropy(h, np.array([0, 1, 0, 1]))
+        sigmoid_cross_entropy(h, np.array([[0, 1], [1, 0], [0, 0], [1, 1]]))
         m = MLP([3, 4, 2], dtype=dt, seed=0)
         m.fit(x, np.array([0, 1, 0, 1]), epochs=1, batch_size=2, optimizer="sgd")
         m.fit(x, np.array([0, 1, 0, 1]), epochs=1, batch_size=2, optimizer="adam")

@@ -415,6 +415,35 @@ def digits_epoch(repeats, dtype="float32"):
     return measure(impls, repeats, 0.05)
 
 
+def output_epochs(repeats, dtype="float32", widths=(64, 128, 10), n=2048, batch=32):
+    """One epoch of ``fit`` per output kind, same hidden layers, interleaved.
+
+    "softmax" (k classes, integer labels) against "sigmoid-multilabel" (k
+    labels, a 0/1 indicator matrix), and "softmax-2class" against
+    "sigmoid-binary" (one logistic unit, as scikit-learn's binary MLP).
+    """
+    import fastbp as fb
+    rng = np.random.default_rng(0)
+    widths = list(widths)
+    k = widths[-1]
+    X = rng.standard_normal((n, widths[0])).astype(dtype)
+    labels = rng.integers(0, k, n)
+    indicator = (rng.random((n, k)) < 0.3).astype(dtype)
+    binary = rng.integers(0, 2, n)
+    setups = {
+        "softmax": (widths, "softmax", labels),
+        "sigmoid-multilabel": (widths, "sigmoid", indicator),
+        "softmax-2class": (widths[:-1] + [2], "softmax", binary),
+        "sigmoid-binary": (widths[:-1] + [1], "sigmoid", binary),
+    }
+    impls = {}
+    for name, (w, output, y) in setups.items():
+        model = fb.MLP(w, activation="relu", output=output, dtype=dtype, seed=0)
+        model.fit(X, y, epochs=1, batch_size=batch, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+        impls[name] = (lambda m=model, y=y: m.fit(X, y, epochs=1, batch_size=batch), 1)
+    return measure(impls, repeats, 0.05)
+
+
 _COLD_SCRIPT = r"""
 import time
 t0 = time.perf_counter()
@@ -670,6 +699,16 @@ def main(argv=None):
         if "sklearn" in med:
             r = med["fastbp"] / med["sklearn"]
             print(f"   {'fastbp/sklearn':<14}{r:8.3f}   {_verdict(r, 0.2)}")
+        print(flush=True)
+        print("== output kinds: fit epoch, 64-128-k, b32, 2048 rows (sigmoid vs softmax)")
+        s = output_epochs(max(3, repeats // 3), args.dtype)
+        med = {k: float(np.median(v)) for k, v in s.items()}
+        for k, v in med.items():
+            print(f"   {k:<20}{_fmt(v):>12} per epoch")
+        for label, a, b in (("multilabel/softmax", "sigmoid-multilabel", "softmax"),
+                            ("binary/2-class", "sigmoid-binary", "softmax-2class")):
+            r = med[a] / med[b]
+            print(f"   {label:<20}{r:8.3f}   {_verdict(r, 1.0)}")
         print(flush=True)
         print("== import + first training step in a fresh process")
         cold, warm = startup_times()

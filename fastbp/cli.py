@@ -103,6 +103,59 @@ def _load_training_data(args):
     return X, y.reshape(-1), regression, classes
 
 
+_MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def _mpi_comm():
+    """MPI.COMM_WORLD when this process is one of several started by mpiexec,
+    else None."""
+    if not any(k in os.environ for k in _MPI_ENV):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise _CliError("running under mpiexec needs mpi4py: pip install "
+                        "'fastbp[mpi]'") from None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def _load_training_shard(args, comm):
+    """This rank's rows of the training data (only they are read from a .npy
+    or uncompressed .npz), with the class labels numbered over all ranks."""
+    import fastbp as fb
+
+    from .distributed import shard_rows
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    def rows(n):
+        return shard_rows(n, rank, size)
+
+    if args.data:
+        X, y = fb.load_data(args.data, _target(args.target), rows=rows)
+    else:
+        if args.target is not None:
+            raise _CliError("--target needs --data")
+        X, y = fb.load_digits(dtype="float64")
+        X, y = X[rows(X.shape[0])], y[rows(X.shape[0])]
+    return np.asarray(X, dtype=args.dtype), np.asarray(y).reshape(-1)
+
+
+def _label_shard(X, y, args, comm):
+    """(X, y, regression) with classes numbered 0.. over the union of shards."""
+    regression = any(comm.allgather(bool(y.size) and _is_regression(y, args.task)))
+    if regression:
+        try:
+            return X, y.astype(args.dtype), True
+        except ValueError:
+            raise _CliError("--task regression needs numeric targets") from None
+    classes = np.unique(np.concatenate(comm.allgather(np.unique(y))))
+    if classes.size < 2:
+        raise _CliError(f"classification needs at least 2 classes in the target; "
+                        f"got {classes.size}")
+    return X, np.searchsorted(classes, y), False
+
+
 def _plot(history, path, regression):
     import matplotlib
 
@@ -130,15 +183,27 @@ def _plot(history, path, regression):
 def _train(args):
     import fastbp as fb
 
+    from .distributed import _agree
+
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise _CliError("--plot needs matplotlib (pip install matplotlib)") from None
-    X, y, regression, _ = _load_training_data(args)
+    comm = _mpi_comm()
+    rank = 0 if comm is None else comm.Get_rank()
+    if comm is None:
+        X, y, regression, _ = _load_training_data(args)
+    else:
+        # each rank reads its own rows; an error anywhere stops every rank
+        X, y = _agree(comm, lambda: _load_training_shard(args, comm))
+        X, y, regression = _label_shard(X, y, args, comm)
     if args.validation_split > 0:
-        Xtr, Xva, ytr, yva = fb.train_test_split(X, y, test_size=args.validation_split,
-                                                 seed=args.seed)
+        def split():
+            return fb.train_test_split(X, y, test_size=args.validation_split,
+                                       seed=args.seed + rank)
+
+        Xtr, Xva, ytr, yva = split() if comm is None else _agree(comm, split)
         if Xtr.shape[0] == 0 or Xva.shape[0] == 0:
             raise _CliError(f"--validation-split {args.validation_split} leaves an empty set "
                             f"with {X.shape[0]} rows")
@@ -146,6 +211,8 @@ def _train(args):
     else:
         Xtr, ytr, val = X, y, None
     n_out = 1 if regression else int(y.max()) + 1
+    if comm is not None:
+        n_out = 1 if regression else comm.allreduce(n_out, op=_mpi_max())
     model = fb.MLP([X.shape[1], *args.layers, n_out], activation=args.activation,
                    output="identity" if regression else "softmax", dtype=args.dtype,
                    seed=args.seed, alpha=args.alpha)
@@ -154,20 +221,26 @@ def _train(args):
     else:
         opt = fb.Adam(lr=args.lr)
     task = "regression" if regression else "classification"
-    print(f"{model}: {model.n_params} parameters, {task}, {Xtr.shape[0]} training rows, "
-          f"{0 if val is None else val[0].shape[0]} validation rows")
+    n_train, n_val = Xtr.shape[0], 0 if val is None else val[0].shape[0]
+    where = ""
+    if comm is not None:
+        n_train, n_val = comm.allreduce(n_train), comm.allreduce(n_val)
+        where = f", on {comm.Get_size()} MPI ranks"
+    say = print if rank == 0 else _quiet
+    say(f"{model}: {model.n_params} parameters, {task}, {n_train} training rows, "
+          f"{n_val} validation rows{where}")
     bar = None
-    if args.progress:
+    if args.progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=args.epochs, unit="epoch", desc="train", file=sys.stderr)
-    write = bar.write if bar is not None else print
+    write = bar.write if bar is not None else say
     history = {}
     try:
         for epoch in range(1, args.epochs + 1):
             t0 = time.perf_counter()
             h = model.fit(Xtr, ytr, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                          validation_data=val)
+                          validation_data=val, comm=comm)
             dt = time.perf_counter() - t0
             for k, vals in h.items():
                 history.setdefault(k, []).append(vals[0])
@@ -186,6 +259,8 @@ def _train(args):
     finally:
         if bar is not None:
             bar.close()
+    if rank != 0:
+        return 0
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
@@ -193,6 +268,16 @@ def _train(args):
         _plot(history, args.plot, regression)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _quiet(*args, **kwargs):
+    """print for ranks other than 0."""
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX
 
 
 def _load_model(path):
@@ -236,7 +321,7 @@ def _predict(args):
     pred = model.predict(X)
     if args.out:
         tmp = f"{args.out}.tmp"
-        fmt = "%d" if model.output == "softmax" else "%.8g"
+        fmt = "%d" if model.output in ("softmax", "sigmoid") else "%.8g"
         np.savetxt(tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=",")
         os.replace(tmp, args.out)
         print(f"wrote {pred.shape[0]} predictions to {args.out}")
@@ -324,12 +409,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     import fastbp as fb
 
+    from .distributed import RankFailedError
+
     try:
         return args.func(args)
     except fb.DivergenceError as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return 1
-    except (_CliError, ValueError, TypeError, OSError) as exc:
+    except (_CliError, ValueError, TypeError, OSError, RankFailedError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"fastbp: error: {msg}", file=sys.stderr)
         return 2

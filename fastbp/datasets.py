@@ -83,12 +83,52 @@ def _column(header, target, ncols, path):
     return idx % ncols
 
 
-def read_table(path):
+def _rows(rows, n):
+    """``rows`` as a slice of an array of n rows (it may be a function of n)."""
+    return rows(n) if callable(rows) else rows
+
+
+def _npz_rows(path, f, key, rows):
+    """Rows ``rows`` of the .npz member ``key``, memory-mapped when the member
+    is stored uncompressed (np.savez's default), else read whole and cut."""
+    if rows is None:
+        return f[key]
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(key + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError("a compressed member is read whole")
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the zip local file header, then name and extra
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") \
+                + int.from_bytes(local[28:30], "little")
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError("unknown .npy version")
+            shape, fortran, dtype = readers[version](fh)
+            offset = fh.tell()
+        if fortran or dtype.hasobject or not shape:
+            raise ValueError("not a plain C-ordered array")
+        whole = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return np.array(whole[_rows(rows, shape[0])])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        arr = f[key]
+        return arr[_rows(rows, arr.shape[0])] if arr.ndim else arr
+
+
+def read_table(path, rows=None):
     """The raw contents of a data file, with clear errors.
 
     Returns ``(arrays, None)`` for a ``.npz`` (a dict of its arrays) and
     ``(table, header)`` for a ``.npy`` or ``.csv`` (header: the column names
-    of a CSV whose first row is not numeric, else None).
+    of a CSV whose first row is not numeric, else None).  ``rows`` (a slice,
+    or a function of the row count giving one) keeps only those rows of every
+    array: memory-mapped for ``.npy`` and uncompressed ``.npz`` members, so
+    that only they are read.
     """
     path = v.as_path(path, "path")
     if not os.path.exists(path):
@@ -99,11 +139,14 @@ def read_table(path):
     if ext == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}, None
+                return {k: _npz_rows(path, f, k, rows) for k in f.files}, None
         except _READ_ERRORS as exc:
             raise ValueError(f"cannot read {path} as .npz: {exc}") from None
     if ext == ".npy":
         try:
+            if rows is not None:
+                whole = np.load(path, mmap_mode="r", allow_pickle=False)
+                return np.array(whole[_rows(rows, whole.shape[0])]), None
             return np.load(path, allow_pickle=False), None
         except _READ_ERRORS as exc:
             raise ValueError(f"cannot read {path} as .npy: {exc}") from None
@@ -123,14 +166,15 @@ def read_table(path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "no data": checked by callers
-                return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), header
+                table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+                return (table if rows is None else table[_rows(rows, len(table))]), header
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read {path} as numeric CSV: {exc}") from None
     raise ValueError(f"unsupported data file type {ext!r} for {path}; "
                      "use .npz, .npy or .csv")
 
 
-def load_data(path, target=None):
+def load_data(path, target=None, rows=None):
     """Load features and targets from a user's file.
 
     * ``.npz``: arrays ``X`` and ``y`` (or the array named by ``target`` as y
@@ -139,6 +183,11 @@ def load_data(path, target=None):
       default the last);
     * ``.csv``: comma-separated numbers, an optional header row; the target
       column is ``target`` (name or index, default the last).
+
+    ``rows`` (a slice, or a function of the row count giving one), if given,
+    keeps only those rows; a ``.npy`` file and the uncompressed arrays of a
+    ``.npz`` are memory-mapped so that only those rows are read (each MPI
+    rank reads its own shard this way).
 
     Returns
     -------
@@ -150,7 +199,7 @@ def load_data(path, target=None):
             or isinstance(target, (bool, np.bool_)):
         raise TypeError(f"target must be None, a column name or a column index; "
                         f"got {target!r}")
-    data, header = read_table(path)
+    data, header = read_table(path, rows)
     if isinstance(data, dict):
         arrays = data
         ykey = "y" if target is None else str(target)

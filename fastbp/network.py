@@ -287,7 +287,7 @@ class MLP:
     # -- training ----------------------------------------------------------
     def fit(self, X, y, epochs=10, batch_size=32, optimizer=None, validation_data=None,
             shuffle=True, sample_weight=None, progress=False, checkpoint=None,
-            checkpoint_every=1):
+            checkpoint_every=1, comm=None):
         """Train with minibatch gradient descent.
 
         Parameters
@@ -326,6 +326,13 @@ class MLP:
             uninterrupted run.
         checkpoint_every : int
             Epochs between checkpoints.
+        comm : mpi4py communicator, optional
+            Data-parallel training over the ranks of ``comm`` (e.g.
+            ``MPI.COMM_WORLD``): X, y, sample_weight and validation_data are
+            this rank's shard, ``batch_size`` is per rank, and each step
+            equals one step over the union of the ranks' batches.  Rank 0
+            writes the checkpoints.  See ``fastbp.distributed`` and
+            docs/distributed.md.
 
         Returns
         -------
@@ -342,6 +349,14 @@ class MLP:
             If a step's loss or gradient is not finite; the parameters stay
             as they were before that step.
         """
+        if comm is not None:
+            from . import distributed
+
+            return distributed.fit(self, X, y, comm, epochs=epochs, batch_size=batch_size,
+                                   optimizer=optimizer, validation_data=validation_data,
+                                   shuffle=shuffle, sample_weight=sample_weight,
+                                   progress=progress, checkpoint=checkpoint,
+                                   checkpoint_every=checkpoint_every)
         X = self._check_X(X)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
@@ -627,8 +642,11 @@ class MLP:
             np.exp(z, out=z)
         return z[:, 0] if z.shape[1] == 1 else z
 
-    def evaluate(self, X, y, sample_weight=None):
+    def evaluate(self, X, y, sample_weight=None, comm=None):
         """Loss (without the L2 term) and, for classification, accuracy.
+
+        With an mpi4py communicator ``comm``, each rank passes its shard and
+        every rank gets the global figures (weighted over all ranks' rows).
 
         Returns
         -------
@@ -636,6 +654,10 @@ class MLP:
         output the share of rows whose labels are all right, as
         scikit-learn's multilabel accuracy).
         """
+        if comm is not None:
+            from . import distributed
+
+            return distributed.evaluate(self, X, y, sample_weight, comm)
         z = self.forward(X)
         n = z.shape[0]
         kind, y_int, y_f = self._check_y(y, n)

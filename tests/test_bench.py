@@ -92,3 +92,9 @@ def test_bench_sparse_section_tiny(capsys):
     assert set(med) >= {"fastbp-sparse", "fastbp-dense"}
     out = capsys.readouterr().out
     assert "sparse/dense" in out
+
+
+def test_output_epochs_runs():
+    samples = bench.output_epochs(1, widths=(8, 16, 3), n=64, batch=8)
+    assert set(samples) == {"softmax", "sigmoid-multilabel", "softmax-2class",
+                            "sigmoid-binary"}

@@ -79,7 +79,7 @@ def flat_grad(grads):
 
 # -- the layer function -------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (33, 5), (129, 17)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (33, 5), (129, 17), (5, 150)])
 @pytest.mark.parametrize("magnitude", [1.0, 30.0])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("soft", [False, True])
@@ -143,10 +143,13 @@ def test_extreme_logits_finite_and_exact(dtype):
     per_row = np.array([0.0, 2e4, 1e4, 2e4])
     np.testing.assert_allclose(float(loss), per_row.mean(), rtol=1e-6)
     np.testing.assert_array_equal(dz, (expit(z.astype(np.float64)) - Y) / 4)
-    # tiny and huge logits: softplus(-a) ~ exp(-a) keeps its relative precision
+    # right with confidence: a loss of 2 exp(-40) ~ 1e-17, not the rounding
+    # error of 40 - 40 (absolute precision of one ulp of 1, as the softmax's)
     z = np.array([[-40.0, 40.0]], dtype=dtype)
-    loss, _ = fb.sigmoid_cross_entropy(z, [[0, 1]])
-    np.testing.assert_allclose(float(loss), 2 * np.exp(-40.0), rtol=1e-5)
+    loss, dz = fb.sigmoid_cross_entropy(z, [[0, 1]])
+    assert 0 <= float(loss) <= np.finfo(dtype).eps
+    np.testing.assert_allclose(dz, [[np.exp(-40.0), -np.exp(-40.0)]], rtol=1e-5,
+                               atol=np.finfo(dtype).eps)
 
 
 def test_gradcheck_layer_function():

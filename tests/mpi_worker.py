@@ -1,0 +1,171 @@
+"""MPI worker for tests/test_mpi.py: ``mpiexec -n P python tests/mpi_worker.py OUT [names]``.
+
+Runs the named scenarios (default: all of ``SCENARIOS`` that fit the rank
+count) on this rank's shard and writes what each rank ends with to
+``OUT/<scenario>.rank<r>.npz`` (final parameters, history, the error raised).
+The checks run in the test process, against one process stepping on the
+union batches with ``train_on_batch``.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import fastbp as fb
+from fastbp.distributed import shard_rows
+
+# set under mpiexec (see the end); tests/test_mpi.py imports this module for
+# its data and shards without initialising MPI
+comm = None
+rank, size = 0, 1
+
+
+def data(n, d=6, classes=3, seed=0, dtype="float64"):
+    """The full data set; every rank makes it and keeps its own rows."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.integers(0, classes, n)
+    sw = rng.uniform(0.2, 2.0, n)
+    return X, y, sw
+
+
+def model(seed=3, alpha=0.0, activation="tanh"):
+    # the other ranks draw other initial weights on purpose: fit broadcasts rank 0's
+    return fb.MLP([6, 7, 5, 3], activation=activation, dtype="float64",
+                  seed=seed + 100 * rank, alpha=alpha)
+
+
+def save(out, name, m, history=None, error=None):
+    extra = {}
+    if error is not None:
+        extra = {"error_type": type(error).__name__, "error": str(error),
+                 "epoch": getattr(error, "epoch", -1), "step": getattr(error, "step", -1)}
+    np.savez(os.path.join(out, f"{name}.rank{rank}.npz"), params=m.flat_params,
+             info=json.dumps({"history": history, **extra}))
+
+
+def run(name, out, n, opt, epochs=2, batch_size=8, weighted=False, alpha=0.0,
+        shuffle=False, checkpoint=None):
+    X, y, sw = data(n)
+    part = shard_rows(n, rank, size)
+    m = model(alpha=alpha)
+    h = m.fit(X[part], y[part], epochs=epochs, batch_size=batch_size, optimizer=opt,
+              shuffle=shuffle, sample_weight=sw[part] if weighted else None,
+              checkpoint=checkpoint, validation_data=(X[part], y[part]), comm=comm)
+    save(out, name, m, history=h)
+
+
+def sgd(out):
+    run("sgd", out, 45, fb.SGD(lr=0.1, momentum=0.9), alpha=1e-3)
+
+
+def adam(out):
+    run("adam", out, 40, fb.Adam(lr=0.01), epochs=3)
+
+
+def weighted(out):
+    run("weighted", out, 41, fb.SGD(lr=0.1, momentum=0.9, nesterov=True), weighted=True)
+
+
+def uneven(out):
+    # 23 rows: shards of 12/11 (2 ranks) or 8/8/7 (3 ranks); batch 5 per rank
+    run("uneven", out, 23, fb.Adam(lr=0.02), epochs=2, batch_size=5)
+
+
+def shuffled(out):
+    run("shuffled", out, 30, fb.SGD(lr=0.05, momentum=0.5), epochs=2, shuffle=True)
+
+
+def checkpoint(out):
+    run("checkpoint", out, 30, fb.Adam(lr=0.01), epochs=2, checkpoint=os.path.join(
+        out, "ckpt.npz"))
+
+
+def resume(out):
+    """Continue the checkpoint written by a run with another rank count."""
+    X, y, _ = data(30)
+    part = shard_rows(30, rank, size)
+    m = fb.MLP.load(os.path.join(out, "ckpt.npz"))
+    h = m.fit(X[part], y[part], epochs=1, batch_size=8, shuffle=False, comm=comm)
+    save(out, "resume", m, history=h)
+
+
+def diverge(out):
+    """Rank 1 holds a huge row in its second batch: every rank must stop."""
+    X, y, _ = data(32)
+    part = shard_rows(32, rank, size)
+    Xs = X[part].copy()
+    if rank == 1:
+        Xs[9] = np.finfo(np.float64).max  # overflows to inf, then NaN, in the ReLU net
+    m = model(activation="relu")
+    err = None
+    try:
+        m.fit(Xs, y[part], epochs=1, batch_size=8, optimizer=fb.SGD(lr=0.1), shuffle=False,
+              comm=comm)
+    except fb.DivergenceError as exc:
+        err = exc
+    save(out, "diverge", m, error=err)
+
+
+def diverge_update(out):
+    """Adam's first step size lr / (1 - beta1) overflows: the update is not
+    finite, is undone, and every rank raises."""
+    X, y, _ = data(32)
+    part = shard_rows(32, rank, size)
+    m = model()
+    err = None
+    try:
+        m.fit(X[part], y[part], epochs=1, batch_size=8, optimizer=fb.Adam(lr=1e308),
+              shuffle=False, comm=comm)
+    except fb.DivergenceError as exc:
+        err = exc
+    save(out, "diverge_update", m, error=err)
+
+
+def bad_input(out):
+    """Rank 1 passes the wrong number of columns: every rank raises."""
+    X, y, _ = data(20)
+    part = shard_rows(20, rank, size)
+    Xs = X[part] if rank != 1 else X[part][:, :5]
+    m = model()
+    err = None
+    try:
+        m.fit(Xs, y[part], epochs=1, batch_size=4, comm=comm)
+    except (ValueError, TypeError) as exc:
+        err = exc
+    save(out, "bad_input", m, error=err)
+    try:  # checked locally, before any collective
+        m.fit(X[part], y[part], comm="COMM_WORLD")
+    except TypeError as exc:
+        save(out, "bad_comm", m, error=exc)
+
+
+SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, shuffled, checkpoint,
+                                       resume, diverge, diverge_update,
+                                       bad_input)}
+
+if __name__ == "__main__":
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out = sys.argv[1]
+    # Rank 0 compiles (or loads) the kernels alone while the others sleep, so
+    # that the ranks do not all compile the same code at once on a small CI
+    # machine; the others then load it from Numba's disk cache.
+    flag = os.path.join(out, f".warm{size}")
+    if rank == 0:
+        X, y, _ = data(16)
+        model().fit(X, y, epochs=1, batch_size=8, validation_data=(X, y),
+                    comm=MPI.COMM_SELF)
+        open(flag, "w").close()
+    else:
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+    comm.Barrier()
+    for name in sys.argv[2:] or SCENARIOS:
+        SCENARIOS[name](out)
+    comm.Barrier()
