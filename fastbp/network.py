@@ -379,7 +379,7 @@ class MLP:
         s1, s2 = opt.bind(self._params)
         hp = opt.hyperparameters()
         sparse = isinstance(X, v.SparseRows)
-        ws = self._workspace(batch_size, not sparse)
+        ws = self._workspace(batch_size, dense_x=not sparse)
         if sparse:
             sb = _sparse_batch_buffers(X, batch_size)
             train_epoch_sparse = _sparse_kernels().train_epoch_sparse
@@ -480,7 +480,8 @@ class MLP:
         rows in order as one batch (one step, the same update)."""
         n = X.shape[0]
         s1, s2 = opt.bind(self._params)
-        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, False)
+        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n,
+                             dense_x=False)
         sb = _sparse_batch_buffers(X, n)
         status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
             X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
