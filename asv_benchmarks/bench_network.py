@@ -82,3 +82,24 @@ class FitMemorySuite(Benchmark):
 
     def peakmem_fit(self, epochs):
         self.model.fit(self.X, self.y, epochs=epochs, batch_size=32, optimizer=self.opt)
+
+
+class ActivationStepSuite(Benchmark):
+    """A training step (epoch path, 8 batches) of tanh and sigmoid networks
+    beside the same ReLU network (issue 10: at most 1.25x ReLU)."""
+
+    param_names: ClassVar[list] = ["activation", "network"]
+    params: ClassVar[list] = [["relu", "tanh", "sigmoid"], ["64-128-10:32", "784-256-128-10:64"]]
+
+    def setup(self, activation, network):
+        net, _, batch = network.partition(":")
+        widths = [int(w) for w in net.split("-")]
+        batch = int(batch)
+        X, y = make_data(8 * batch, widths[0], widths[-1], "float32")
+        model = fb.MLP(widths, activation=activation, dtype="float32", seed=0)
+        opt = fb.SGD(lr=0.01, momentum=0.9)
+        self.f = lambda: model.fit(X, y, epochs=1, batch_size=batch, optimizer=opt)
+        self.f()  # warm-up
+
+    def time_epoch_of_8_steps(self, activation, network):
+        self.f()

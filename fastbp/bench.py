@@ -36,10 +36,10 @@ import numpy as np
 DEFAULT_SIZES = "64-128-10:32,784-256-128-10:64,784-256-128-10:512,1024-2048-2048-10:1024"
 QUICK_SIZES = "64-128-10:32,784-256-128-10:64"
 
-# (max fastbp/floor, max fastbp/torch) from issue 3, keyed by (widths, batch)
+# (max fastbp/floor, max fastbp/torch) from issues 3 and 10, keyed by (widths, batch)
 TARGETS = {
-    ((64, 128, 10), 32): (1.3, 0.12),
-    ((784, 256, 128, 10), 64): (1.15, 0.5),
+    ((64, 128, 10), 32): (0.7, 0.12),
+    ((784, 256, 128, 10), 64): (1.1, 0.5),
     ((784, 256, 128, 10), 512): (1.1, None),
     ((1024, 2048, 2048, 10), 1024): (1.05, 1.0),
 }
@@ -164,6 +164,116 @@ def make_fastbp_epoch(widths, batch, dtype, n_batches):
     return lambda: model.fit(X, y, epochs=1, batch_size=batch)
 
 
+def make_activation_epoch(widths, batch, dtype, activation, n_batches):
+    """(callable = 1 epoch of n_batches steps) of a network whose hidden
+    layers use ``activation``; the same data and settings for every one."""
+    import fastbp as fb
+    model = fb.MLP(list(widths), activation=activation, dtype=dtype, seed=0)
+    X, y = _data(widths, batch * n_batches, dtype)
+    model.fit(X, y, epochs=1, batch_size=batch, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+    return lambda: model.fit(X, y, epochs=1, batch_size=batch)
+
+
+def activation_ratios(sizes, dtype, repeats, min_time):
+    """{(widths, batch): {activation: [s/step]}}: tanh, sigmoid and ReLU
+    networks of one shape timed interleaved (epoch path, per step)."""
+    out = {}
+    for widths, batch in sizes:
+        n_batches = max(2, min(16, int(2e8 / max(1, batch * sum(
+            a * b for a, b in itertools.pairwise(widths))))))
+        impls = {act: (make_activation_epoch(widths, batch, dtype, act, n_batches), n_batches)
+                 for act in ("relu", "tanh", "sigmoid")}
+        out[(widths, batch)] = measure(impls, repeats, min_time)
+    return out
+
+
+def make_phases(widths, batch, dtype, n_batches=16):
+    """Zero-argument callables, one per phase of a ReLU training step, that
+    call fastbp's own kernels one by one (as ``train_epoch`` does in one
+    compiled call): where the time of a step goes.  Each phase's kernels run
+    on the buffers the previous phases left, so the data are realistic.
+    The Python call of each kernel (about 1 us) is included; the phases
+    are meant for mid-size and large networks."""
+    import fastbp as fb
+    from fastbp._kernels import activations as ka
+    from fastbp._kernels import losses as kl
+    from fastbp._kernels import optim as ko
+    from fastbp._kernels.blas import matmul
+
+    model = fb.MLP(list(widths), activation="relu", dtype=dtype, seed=0)
+    X, y = _data(widths, batch * n_batches, dtype)
+    model.fit(X, y, epochs=1, batch_size=batch, optimizer=fb.SGD(lr=LR, momentum=MOMENTUM))
+    params = [(W, b) for W, b in model.params]
+    grads_flat = np.zeros_like(model.flat_params)
+    grads = model._views(grads_flat)
+    vel = np.zeros_like(grads_flat)
+    hp = np.array([LR, MOMENTUM, 0.0, 0.0, 0.0])
+    codes = [int(c) for c in model.codes]
+    L = len(params)
+    xb = np.zeros((batch, widths[0]), dtype)
+    idx = np.random.default_rng(2).permutation(X.shape[0])[:batch]
+    hs = [xb] + [np.zeros((batch, d), dtype) for d in widths[1:]]
+    ds = [None] + [np.zeros((batch, d), dtype) for d in widths[1:]]
+    rw = np.full(batch, 1.0 / batch, dtype)
+    yb = y[:batch].copy()
+
+    def gather():
+        np.take(X, idx, axis=0, out=xb)
+        yb[:] = y[idx]
+
+    def forward_products():
+        for k in range(L):
+            matmul(hs[k], params[k][0], hs[k + 1])
+
+    def bias_activation():
+        for k in range(L):
+            ka.bias_activation(hs[k + 1], params[k][1], codes[k])
+
+    def loss():
+        kl.softmax_xent_labels(hs[L], yb, rw, ds[L])
+
+    def deltas():
+        for k in range(L - 1, -1, -1):
+            ka.delta_in_place(ds[k + 1], hs[k + 1], codes[k], grads[k][1])
+
+    def backward_products():
+        for k in range(L - 1, -1, -1):
+            matmul(hs[k].T, ds[k + 1], grads[k][0])
+            if k > 0:
+                matmul(ds[k + 1], params[k][0].T, ds[k])
+
+    def update():
+        ko.all_finite(grads_flat)
+        ko.apply_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2)
+
+    return {"gather": gather, "forward GEMMs": forward_products,
+            "bias+activation": bias_activation, "softmax loss": loss,
+            "delta (g', db)": deltas, "backward GEMMs": backward_products,
+            "check+update": update}
+
+
+def phase_table(widths, batch, dtype, repeats, min_time):
+    """Print per-phase medians beside the floor and the whole fastbp step."""
+    n_batches = 16
+    phases = make_phases(widths, batch, dtype, n_batches)
+    impls = {name: (fn, 1) for name, fn in phases.items()}
+    impls["floor"] = (make_floor(widths, batch, dtype), 1)
+    impls["fastbp-epoch"] = (make_fastbp_epoch(widths, batch, dtype, n_batches), n_batches)
+    samples = measure(impls, repeats, min_time)
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    total = sum(med[k] for k in phases)
+    name = "-".join(map(str, widths))
+    print(f"== where the time goes: {name}, batch {batch}, {dtype} (kernels called one by one)")
+    for k in phases:
+        print(f"   {k:<18}{_fmt(med[k]):>12}  {100 * med[k] / total:5.1f}% of the phases  "
+              f"{med[k] / med['floor']:6.3f}x floor")
+    print(f"   {'sum of phases':<18}{_fmt(total):>12}  {total / med['floor']:6.3f}x floor")
+    print(f"   {'floor':<18}{_fmt(med['floor']):>12}")
+    print(f"   {'fastbp-epoch':<18}{_fmt(med['fastbp-epoch']):>12}  "
+          f"{med['fastbp-epoch'] / med['floor']:6.3f}x floor", flush=True)
+    return med
+
+
 def make_torch(widths, batch, dtype, compiled=False):
     import torch
     layers = []
@@ -226,12 +336,24 @@ def make_jax(widths, batch, dtype):
 # timing
 
 
+def step_flops(widths, batch):
+    """Floating-point operations of the matrix products of one step:
+    forward and dW for every layer, dH for every layer but the first."""
+    macs = [a * b for a, b in itertools.pairwise(widths)]
+    return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
+
+
+#: the clock of in-process timings; ``--cpu-time`` switches it to process CPU time
+_CLOCK = [time.perf_counter]
+
+
 def _timed(fn, n):
     """Seconds for n calls of fn."""
-    t0 = time.perf_counter()
+    clock = _CLOCK[0]
+    t0 = clock()
     for _ in range(n):
         fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled):
@@ -640,6 +762,16 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--sparse-only", action="store_true",
                    help="only the sparse-input section (TF-IDF-like CSR X)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time in-process implementations by this process's CPU time, not "
+                        "wall time: steadier on a loaded machine; meaningful with --threads 1 "
+                        "(peers in worker processes keep wall time)")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each phase of a step (gather, GEMMs, activations, loss, "
+                        "deltas, update) for every size")
+    p.add_argument("--activation-sizes", default=None,
+                   help="networks for the tanh/sigmoid vs relu section (default "
+                        f'"{QUICK_SIZES}"; "none" skips it)')
     args = p.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 15)
@@ -650,12 +782,14 @@ def main(argv=None):
     if args.threads:
         fb.set_num_threads(args.threads)
     sparse_kw = {"n": 1000, "epochs": 1} if args.quick else {}
+    _CLOCK[0] = time.process_time if args.cpu_time else time.perf_counter
     if args.sparse_only:
         report_sparse(args.repeats or (3 if args.quick else 5), args.dtype, **sparse_kw)
         return 0
 
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
-          f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds")
+          f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds"
+          f"{' (process CPU time)' if args.cpu_time else ''}")
     for line in machine_info():
         print(line)
     print()
@@ -688,6 +822,27 @@ def main(argv=None):
         rows.append(("step/floor", med["fastbp-step"] / med["floor"], None))
         for label, ratio, target in rows:
             print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
+        gflops = step_flops(widths, batch) / 1e9
+        print(f"   {'GFLOP/s':<14}{gflops / fast:8.1f}   fastbp epoch path "
+              f"({gflops / med['floor']:.1f} floor; products only)")
+        print(flush=True)
+        if args.phases:
+            phase_table(widths, batch, args.dtype, repeats, min_time)
+            print(flush=True)
+
+    act_sizes = args.activation_sizes or QUICK_SIZES
+    if act_sizes.strip().lower() != "none":
+        print("== tanh and sigmoid networks against the same ReLU network "
+              "(epoch path, per step)")
+        for (widths, batch), samples in activation_ratios(
+                parse_sizes(act_sizes), args.dtype, repeats, min_time).items():
+            med = {k: float(np.median(v)) for k, v in samples.items()}
+            name = "-".join(map(str, widths))
+            print(f"   {name}, batch {batch}: relu {_fmt(med['relu']).strip()}, "
+                  f"tanh {_fmt(med['tanh']).strip()}, sigmoid {_fmt(med['sigmoid']).strip()}")
+            for act in ("tanh", "sigmoid"):
+                r = med[act] / med["relu"]
+                print(f"   {act + '/relu':<14}{r:8.3f}   {_verdict(r, 1.25)}")
         print(flush=True)
 
     if not args.no_extras:

@@ -11,10 +11,11 @@ from fastbp import bench
 
 def test_bench_main_tiny(capsys):
     rc = bench.main(["--sizes", "8-16-4:8", "--repeats", "2", "--min-time", "0.001",
-                     "--no-extras"])
+                     "--no-extras", "--activation-sizes", "8-16-4:8", "--phases"])
     assert rc == 0
     out = capsys.readouterr().out
-    for word in ("fastbp/floor", "fastbp/numpy", "floor", "numpy", "cpu", "pool"):
+    for word in ("fastbp/floor", "fastbp/numpy", "floor", "numpy", "cpu", "pool",
+                 "tanh/relu", "sigmoid/relu", "backward GEMMs", "sum of phases"):
         assert word in out
 
 

@@ -358,3 +358,20 @@ def test_matrix_with_no_stored_entries():
     np.testing.assert_array_equal(ms.flat_params, md.flat_params)
     np.testing.assert_array_equal(hs["loss"], hd["loss"])
     np.testing.assert_array_equal(ms.predict(X), md.predict(X.toarray()))
+
+
+def test_mlp_sparse_sigmoid_output():
+    X = _csr(90, 20, 0.2, 19)
+    Y = (np.random.default_rng(20).uniform(size=(90, 3)) < 0.4).astype(np.float64)
+    ms, md = _pair([20, 7, 3], activation="tanh", output="sigmoid", dtype="float64",
+                   alpha=0.01)
+    ls, gs = ms.loss_and_grad(X, Y)
+    ld, gd = md.loss_and_grad(X.toarray(), Y)
+    assert ls == pytest.approx(ld, rel=1e-13)
+    np.testing.assert_allclose(gs[0][0], gd[0][0], rtol=1e-12, atol=1e-15)
+    ms.fit(X, Y, epochs=2, batch_size=16)
+    md.fit(X.toarray(), Y, epochs=2, batch_size=16)
+    np.testing.assert_allclose(ms.flat_params, md.flat_params, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(ms.predict_proba(X), md.predict_proba(X.toarray()),
+                               rtol=1e-11, atol=1e-14)
+    np.testing.assert_array_equal(ms.predict(X), md.predict(X.toarray()))

@@ -13,10 +13,10 @@ TANH        tanh(a)                 1 - h**2
 ==========  ======================  ==========================
 """
 
-import numpy as np
 from numba import njit
 
 from .config import JIT
+from .elementary import sigmoid, tanh
 
 IDENTITY = 0
 RELU = 1
@@ -41,7 +41,6 @@ def bias_activation(a, b, code):
     """a[i, :] = g(a[i, :] + b) in place, for a C-contiguous (n, d) array a."""
     n, d = a.shape
     zero = a.dtype.type(0)
-    one = a.dtype.type(1)
     for i in range(n):
         row = a[i]
         if code == RELU:
@@ -51,16 +50,14 @@ def bias_activation(a, b, code):
                 # diverging step is reported (test_relu_keeps_nan).
                 row[j] = zero if v < zero else v  # noqa: FURB136 (max() drops NaN)
         elif code == SIGMOID:
+            # elementary.sigmoid: exp(-|v|) never overflows and keeps full
+            # relative precision for very negative v (test_sigmoid_extremes);
+            # it and tanh vectorise (no call per element).
             for j in range(d):
-                v = row[j] + b[j]
-                # exp of a non-positive number never overflows; this form also
-                # keeps full relative precision for very negative v
-                # (test_sigmoid_extremes).
-                e = np.exp(-abs(v))
-                row[j] = one / (one + e) if v >= zero else e / (one + e)
+                row[j] = sigmoid(row[j] + b[j])
         elif code == TANH:
             for j in range(d):
-                row[j] = np.tanh(row[j] + b[j])
+                row[j] = tanh(row[j] + b[j])
         else:
             for j in range(d):
                 row[j] = row[j] + b[j]
@@ -71,7 +68,6 @@ def activate(a, code):
     """a = g(a) in place, for a C-contiguous (n, d) array a (no bias)."""
     n, d = a.shape
     zero = a.dtype.type(0)
-    one = a.dtype.type(1)
     for i in range(n):
         row = a[i]
         if code == RELU:
@@ -80,12 +76,10 @@ def activate(a, code):
                 row[j] = zero if v < zero else v  # noqa: FURB136 (max() drops NaN)
         elif code == SIGMOID:
             for j in range(d):
-                v = row[j]
-                e = np.exp(-abs(v))
-                row[j] = one / (one + e) if v >= zero else e / (one + e)
+                row[j] = sigmoid(row[j])
         elif code == TANH:
             for j in range(d):
-                row[j] = np.tanh(row[j])
+                row[j] = tanh(row[j])
 
 
 @njit(**JIT)

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT
+from .elementary import exp
 
 
 @njit(**JIT)
@@ -53,13 +54,16 @@ def softmax_xent_labels(z, y, w, dz):
             if zi[j] > m:
                 m = zi[j]
                 arg = j
+        lab = y[i]
+        zlab = zi[lab]  # read before dz (which may alias z) is written
+        # exp in a loop of its own, so that it vectorises; the sum stays in
+        # order (no reassociation) in the next loop.
+        for j in range(c):
+            di[j] = exp(zi[j] - m)
         s = zero
         for j in range(c):
-            e = np.exp(zi[j] - m)
-            di[j] = e
-            s += e
-        lab = y[i]
-        loss += w[i] * (np.log(s) + m - zi[lab])
+            s += di[j]
+        loss += w[i] * (np.log(s) + m - zlab)
         if arg == lab:
             correct += 1
         scale = w[i] / s
@@ -102,11 +106,12 @@ def softmax_xent_targets(z, t, w, dz):
         tsum = zero
         tz = zero
         for j in range(c):
-            e = np.exp(zi[j] - m)
-            di[j] = e
-            s += e
             tsum += ti[j]
             tz += ti[j] * zi[j]
+        for j in range(c):
+            di[j] = exp(zi[j] - m)
+        for j in range(c):
+            s += di[j]
         lse = np.log(s) + m
         loss += w[i] * (tsum * lse - tz)
         if arg == targ:
@@ -149,11 +154,11 @@ def softmax_rows(z):
         m = zi[0]
         for j in range(1, c):
             m = max(m, zi[j])
+        for j in range(c):
+            zi[j] = exp(zi[j] - m)
         s = zero
         for j in range(c):
-            e = np.exp(zi[j] - m)
-            zi[j] = e
-            s += e
+            s += zi[j]
         inv = one / s
         for j in range(c):
             zi[j] *= inv
