@@ -1,14 +1,17 @@
-"""Import and compile time, each in a fresh process (asv timeraw_)."""
+"""Start-up: import and first fit, each in a fresh process, against the
+references of issue 9 (asv timeraw_ for the times, track_ for the ratios).
+
+The scripts are those of ``fastbp bench --startup`` (fastbp/bench.py):
+``import numba`` alone; the cold compile of a plain eight-function @njit MLP
+step; import fastbp plus the first fit of a float32 ReLU 64-128-10 network
+with an empty cache (cold) and with the cache written (warm).  asv times
+each whole script (imports included); the scripts also print their own
+timings, which asv ignores.
+"""
+
+from fastbp import bench
 
 from .common import Benchmark
-
-_STEP = """
-import numpy as np
-import fastbp as fb
-m = fb.MLP([64, 128, 10], activation="relu", dtype="float32", seed=0)
-X = np.zeros((32, 64), np.float32); y = np.zeros(32, np.int64)
-m.train_on_batch(X, y, optimizer=fb.SGD(lr=0.01, momentum=0.9))
-"""
 
 
 class StartupSuite(Benchmark):
@@ -19,11 +22,46 @@ class StartupSuite(Benchmark):
     def timeraw_import(self):
         return "import fastbp"
 
-    def timeraw_import_and_first_step(self):
-        # Uses the on-disk Numba cache as it stands (warm after the first run).
-        return _STEP
+    def timeraw_import_numba(self):
+        return "import numba"
 
-    def timeraw_import_and_first_step_cold(self):
+    def timeraw_import_and_first_fit(self):
+        # Uses the on-disk Numba cache as it stands (warm after the first run).
+        return bench.STARTUP_FIRST_FIT
+
+    def timeraw_import_and_first_fit_cold(self):
         # Empty cache directory: measures compilation.
         return ("import os, tempfile; "
-                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp()\n" + _STEP)
+                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp()\n"
+                + bench.STARTUP_FIRST_FIT)
+
+    def timeraw_naive_step_cold(self):
+        # The reference: a plain eight-function @njit step, compiled cold.
+        return bench.STARTUP_NAIVE_STEP
+
+
+class StartupRatios:
+    """The issue-9 ratios on CPU time, from one round of fresh processes:
+    cold first fit / naive step compile (target <= 0.3) and warm first fit /
+    ``import numba`` (target <= 1.6)."""
+
+    timeout = 900
+    unit = "ratio"
+
+    def setup_cache(self):
+        rep = bench.startup_report(rounds=1, extras=False)
+        cpu = {k: rep[k][0][1] for k in bench.STARTUP_KEYS}
+        return {
+            "cold": cpu["fastbp, cold"] / cpu["naive step, cold"],
+            "warm": cpu["fastbp, warm"] / cpu["import numba"],
+            "floor": cpu["trivial @njit, warm"] / cpu["import numba"],
+        }
+
+    def track_cold_over_naive_step(self, ratios):
+        return ratios["cold"]
+
+    def track_warm_over_import_numba(self, ratios):
+        return ratios["warm"]
+
+    def track_trivial_cached_over_import_numba(self, ratios):
+        return ratios["floor"]

@@ -5,6 +5,7 @@ chosen, layout made C-contiguous, shapes and values checked, and every
 failure reported as a ValueError or TypeError naming the argument.
 """
 
+import itertools
 import numbers
 import os
 import sys
@@ -167,9 +168,27 @@ def as_sample_weight(sample_weight, n, name="sample_weight"):
         raise ValueError(f"{name} must have shape ({n},); got {sw.shape}")
     if (sw < 0).any():
         raise ValueError(f"{name} must be non-negative; got minimum {sw.min()}")
-    if sw.sum() <= 0:
-        raise ValueError(f"{name} must have a positive sum; got {sw.sum()}")
+    with np.errstate(over="ignore"):
+        total = sw.sum()
+    if not total > 0:
+        raise ValueError(f"{name} must have a positive sum; got {total}")
+    if not np.isfinite(total):
+        raise ValueError(f"{name} must have a finite sum (the weights are normalised by "
+                         f"it); got {total} (largest weight {sw.max():.3g})")
     return sw
+
+
+def check_target_rows(t, name):
+    """Target rows (n, c), already finite and non-negative, must each have a
+    positive, finite sum: a row of zeros carries no target (its loss and
+    gradient would be 0), and a sum that overflows is no distribution."""
+    with np.errstate(over="ignore"):
+        sums = t.sum(axis=1)  # in t's dtype, as the loss kernels sum
+    bad = ~((sums > 0) & np.isfinite(sums))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name} target rows must each have a positive, finite sum "
+                         f"(probabilities); row {i} sums to {sums[i]}")
 
 
 def as_labels(y, name, n_rows, n_classes):
@@ -283,7 +302,7 @@ def as_widths(widths, name="widths"):
     for i, d in enumerate(items):
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Real):
             raise TypeError(f"{name}[{i}] must be a positive integer; got {_describe(d)}")
-        if not np.isfinite(d) or d != int(d):
+        if not isinstance(d, numbers.Integral) and (not np.isfinite(d) or d != int(d)):
             raise ValueError(f"{name}[{i}] must be a positive integer; got {d!r}")
         if d < 1:
             raise ValueError(f"{name}[{i}] must be >= 1; got {d!r}")
@@ -291,7 +310,51 @@ def as_widths(widths, name="widths"):
     if len(out) < 2:
         raise ValueError(f"{name} must list at least 2 sizes (inputs, ..., outputs); "
                          f"got {len(out)}")
+    n = n_params(out)
+    if n > MAX_PARAMS:
+        shown = out if len(out) <= 8 else out[:4] + ["..."] + out[-2:]
+        raise ValueError(f"{name} {shown} give {n:.3g} parameters; at most {MAX_PARAMS:.3g} "
+                         "are supported")
     return out
+
+
+#: the most parameters a network may have (2**40: far beyond any memory, and
+#: every offset the kernels compute stays far inside int64)
+MAX_PARAMS = 2**40
+
+
+def n_params(widths):
+    """Parameter count of layer widths, in Python ints (cannot overflow)."""
+    w = [int(d) for d in widths]
+    return sum(a * b + b for a, b in itertools.pairwise(w))
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**46
+
+
+#: physical memory of this machine: no single buffer may ask for more
+MEMORY_BYTES = _memory_bytes()
+
+
+def zeros(n_items, dtype, name, what):
+    """np.zeros(n_items, dtype) for a buffer whose size comes from the
+    argument ``name``; a ValueError naming it (never MemoryError or
+    OverflowError) when it cannot fit in memory.  ``n_items`` is a Python
+    int computed without overflow."""
+    nbytes = int(n_items) * np.dtype(dtype).itemsize
+    message = (f"{name}: {what} needs {int(n_items):,} values ({nbytes / 2**30:.3g} GiB), "
+               f"more than this machine's memory ({MEMORY_BYTES / 2**30:.3g} GiB)")
+    if nbytes > MEMORY_BYTES:
+        raise ValueError(message)
+    try:
+        return np.zeros(int(n_items), dtype=dtype)
+    except MemoryError:
+        raise ValueError(message.replace("more than this machine's memory",
+                                         "which could not be allocated")) from None
 
 
 def as_path(path, name="path"):
@@ -448,3 +511,25 @@ def as_csr(x, name, dtype):
                          f"{int(indices[k])} (a stored entry of the sparse matrix)")
     return SparseRows(vals, np.require(indices, np.int64, "CAW"),
                       np.require(indptr, np.int64, "CAW"), (n, d))
+
+
+def check_writable_path(path, name="path"):
+    """Check, before any work, that a file can be written at ``path``: its
+    directory exists and is writable and ``path`` is not a directory.
+
+    Raises FileNotFoundError, IsADirectoryError or PermissionError naming
+    ``name`` and the path as given; returns the path as a str.
+    """
+    path = as_path(path, name)
+    if path == "" or os.path.isdir(path):
+        raise IsADirectoryError(f"{name} {path!r} is a directory; expected a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{name} {path!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name} {path!r}: directory {directory!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        # atomic writes replace the file, but a read-only target is a sign
+        # the user does not mean it to be overwritten
+        raise PermissionError(f"{name} {path!r} exists and is not writable")
+    return path

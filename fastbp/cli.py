@@ -1,4 +1,4 @@
-"""The ``fastbp`` command: ``train``, ``predict``, ``evaluate``, ``bench``.
+"""The ``fastbp`` command: ``train``, ``predict``, ``evaluate``, ``prepare``, ``bench``.
 
 See docs/cli.md.  Every error (bad option, unreadable file, data that does
 not fit the model) is one line ``fastbp: error: ...`` on stderr with exit
@@ -174,10 +174,42 @@ def _plot(history, path, regression):
         ax.set_ylabel(tr)
         ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        _write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _check_outputs(args, *options):
+    """Report an unwritable output path before any work (not after training)."""
+    from ._validation import check_writable_path
+
+    for opt in options:
+        path = getattr(args, opt)
+        if path is not None:
+            check_writable_path(path, f"--{opt}")
+
+
+def _write_atomically(path, write):
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it
+    over ``path``; errors name ``path``, never the temporary file."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=f".tmp{suffix}", dir=directory)
+        os.close(fd)
+    except OSError as exc:
+        raise OSError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _train(args):
@@ -185,13 +217,19 @@ def _train(args):
 
     from .distributed import _agree
 
+    comm = _mpi_comm()
+    rank = 0 if comm is None else comm.Get_rank()
+
+    def check_outputs():  # before any work; rank 0 writes them
+        if rank == 0:
+            _check_outputs(args, "out", "plot")
+
+    check_outputs() if comm is None else _agree(comm, check_outputs)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise _CliError("--plot needs matplotlib (pip install matplotlib)") from None
-    comm = _mpi_comm()
-    rank = 0 if comm is None else comm.Get_rank()
     if comm is None:
         X, y, regression, _ = _load_training_data(args)
     else:
@@ -229,6 +267,17 @@ def _train(args):
     say = print if rank == 0 else _quiet
     say(f"{model}: {model.n_params} parameters, {task}, {n_train} training rows, "
           f"{n_val} validation rows{where}")
+    from ._warmup import compile_notice, compile_pending
+
+    if compile_pending(args.dtype):
+        # Say so before the wait, and compile before the progress bar starts
+        # so that its rate and ETA measure training.
+        say(compile_notice(args.dtype), file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        done = fb.prepare(dtypes=(args.dtype,), what="fit")
+        n = len(done) + sum(row[2] for row in done)
+        say(f"fastbp: compiled {n} functions in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr, flush=True)
     bar = None
     if args.progress and rank == 0:
         from tqdm.auto import tqdm
@@ -316,14 +365,14 @@ def _features(path, n_in, target):
 
 
 def _predict(args):
+    _check_outputs(args, "out")
     model = _load_model(args.model)
     X = _features(args.data, int(model.widths[0]), _target(args.target)).astype(model.dtype)
     pred = model.predict(X)
     if args.out:
-        tmp = f"{args.out}.tmp"
         fmt = "%d" if model.output in ("softmax", "sigmoid") else "%.8g"
-        np.savetxt(tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=",")
-        os.replace(tmp, args.out)
+        _write_atomically(args.out, lambda tmp: np.savetxt(
+            tmp, np.atleast_2d(pred.T).T, fmt=fmt, delimiter=","))
         print(f"wrote {pred.shape[0]} predictions to {args.out}")
     else:
         for p in np.atleast_2d(pred.T).T:
@@ -349,6 +398,14 @@ def _evaluate(args):
     else:
         line += f"  r2 {model.score(X, y):.4f}"
     print(f"{line}  ({X.shape[0]} rows)")
+    return 0
+
+
+def _prepare(args):
+    import fastbp as fb
+
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    fb.prepare(dtypes=dtypes, what=args.what, verbose=True)
     return 0
 
 
@@ -393,6 +450,13 @@ def build_parser():
     ev.add_argument("--target", help="target column (name or index) or .npz array name")
     ev.set_defaults(func=_evaluate)
 
+    pp = sub.add_parser("prepare", help="compile the kernels now (once per installation) "
+                        "and report what was compiled")
+    pp.add_argument("--dtype", default="both", choices=["float32", "float64", "both"])
+    pp.add_argument("--what", default="all", choices=["all", "fit"],
+                    help="fit: what `fastbp train` needs; all: also the layer functions")
+    pp.set_defaults(func=_prepare)
+
     sub.add_parser("bench", help="benchmarks (arguments go to fastbp.bench)", add_help=False)
     return p
 
@@ -405,19 +469,26 @@ def main(argv=None):
         except ImportError as exc:
             print(f"fastbp: error: fastbp bench is not available ({exc})", file=sys.stderr)
             return 2
-        return bench.main(argv[1:])
+        return _run(bench.main, argv[1:])
     args = build_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+def _run(func, args):
+    """``func(args)`` with every error reported as one ``fastbp: error:`` line."""
     import fastbp as fb
 
     from .distributed import RankFailedError
 
     try:
-        return args.func(args)
+        return func(args)
     except fb.DivergenceError as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return 1
-    except (_CliError, ValueError, TypeError, OSError, RankFailedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every error is one line (MemoryError too)
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, (_CliError, ValueError, TypeError, OSError, RankFailedError)):
+            msg = f"{type(exc).__name__}: {msg}"
         print(f"fastbp: error: {msg}", file=sys.stderr)
         return 2
 

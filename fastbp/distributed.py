@@ -120,6 +120,7 @@ def _sample_weight(sample_weight, n):
 
 def _check_shard(model, X, y, name="X", yname="y"):
     """Validated (X, kind, y_int, y_f) of a local shard, which may be empty."""
+    model._check_structure()
     if hasattr(X, "tocsr"):
         raise TypeError(f"{name}: data-parallel fit (comm=) takes dense arrays; got a "
                         f"scipy.sparse {type(X).__name__}")
@@ -197,7 +198,9 @@ def _setup(model, X, y, comm, epochs, batch_size, optimizer, validation_data, sh
     v.as_bool(progress, "progress")
     checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint is not None:
-        checkpoint = v.as_path(checkpoint, "checkpoint")
+        # rank 0 writes it: checked there now, not after the first epoch
+        checkpoint = (v.check_writable_path if comm.Get_rank() == 0 else v.as_path)(
+            checkpoint, "checkpoint")
     val = None
     if validation_data is not None:
         try:
@@ -207,6 +210,8 @@ def _setup(model, X, y, comm, epochs, batch_size, optimizer, validation_data, sh
         Xv, _, _, _ = _check_shard(model, Xv, yv, "validation_data[0]", "validation_data[1]")
         val = (Xv, yv)
     opt = model._resolve_optimizer(optimizer)
+    opt.checked_hyperparameters(model.dtype)
+    model._make_writeable()
     total_w = float(sw.sum()) if sw.size else float(X.shape[0])
     info = (_settings(model, opt, batch_size, epochs, shuffle, val is not None),
             X.shape[0], total_w)

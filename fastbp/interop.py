@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from . import _validation as v
 from .network import MLP
 
 __all__ = ["from_sklearn", "from_torch", "to_sklearn", "to_torch"]
@@ -38,10 +39,28 @@ _SK_ACTS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu
 _SK_ACTS_BACK = {v: k for k, v in _SK_ACTS.items()}
 
 
+def _checked_layers(Ws, bs, names):
+    """Weights (d_in, d_out) and biases (d_out,) as finite float64 arrays;
+    NaN, infinity, complex or misshapen ones are refused, naming the entry."""
+    out_W, out_b = [], []
+    for W, b, name in zip(Ws, bs, names):
+        W = v.as_float(W, f"{name} weight", 2, np.float64)
+        b = v.as_float(b, f"{name} bias", 1, np.float64)
+        if b.shape != (W.shape[1],):
+            raise ValueError(f"{name} bias must have shape ({W.shape[1]},) to match its "
+                             f"weight; got {b.shape}")
+        out_W.append(W)
+        out_b.append(b)
+    return out_W, out_b
+
+
 def _set_params(model, Ws, bs):
-    for (W, b), Wn, bn in zip(model.params, Ws, bs):
-        W[...] = Wn
-        b[...] = bn
+    with np.errstate(over="ignore"):  # float64 -> float32 overflow is refused below
+        for (W, b), Wn, bn in zip(model.params, Ws, bs):
+            W[...] = Wn
+            b[...] = bn
+    if not np.isfinite(model.flat_params).all():
+        raise ValueError(f"the weights hold values too large for {model.dtype}")
     return model
 
 
@@ -98,6 +117,8 @@ def from_torch(module, activation="relu", output="softmax", dtype="float32"):
     Ws, bs = [], []
     for k in weights:
         w = state[k].detach().cpu().numpy() if hasattr(state[k], "detach") else np.asarray(state[k])
+        if w.ndim != 2:
+            raise ValueError(f"{k!r} must be a 2-D (out, in) weight; got shape {w.shape}")
         bkey = k[: -len("weight")] + "bias"
         if bkey in state and state[bkey] is not None:
             b = state[bkey]
@@ -108,6 +129,7 @@ def from_torch(module, activation="relu", output="softmax", dtype="float32"):
         bs.append(b)
     if not Ws:
         raise ValueError("state_dict has no '*.weight' entries")
+    Ws, bs = _checked_layers(Ws, bs, [f"layer {k} ({name!r})" for k, name in enumerate(weights)])
     widths = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
     for k in range(1, len(Ws)):
         if Ws[k].shape[0] != Ws[k - 1].shape[1]:
@@ -163,8 +185,8 @@ def from_sklearn(est, dtype="float64"):
     """
     if not hasattr(est, "coefs_"):
         raise ValueError("the estimator must be fitted (it has no coefs_)")
-    Ws = [np.asarray(W) for W in est.coefs_]
-    bs = [np.asarray(b) for b in est.intercepts_]
+    Ws, bs = _checked_layers(est.coefs_, est.intercepts_,
+                             [f"layer {k}" for k in range(len(est.coefs_))])
     out_act = getattr(est, "out_activation_", "identity")
     if out_act not in _SK_OUTPUTS:
         raise ValueError(f"out_activation_ {out_act!r} is not supported; expected one of "

@@ -177,6 +177,7 @@ def softmax_cross_entropy(logits, y, sample_weight=None):
         if (t < 0).any():
             raise ValueError(f"y as target rows must be non-negative (probabilities); "
                              f"got minimum {t.min()}")
+        v.check_target_rows(t, "y")
         loss, _ = _loss.softmax_xent_targets(z, t, w, dz)
     else:
         labels = v.as_labels(ya, "y", n, c)

@@ -8,6 +8,8 @@ activations of a batch in one preallocated workspace.  A whole epoch
 compiled call, so Python costs nothing per layer or per batch.
 """
 
+import sys
+
 import numpy as np
 
 from . import _validation as v
@@ -15,6 +17,7 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
+from ._warmup import compile_notice, compile_pending
 from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
@@ -24,10 +27,17 @@ OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.
 #: outputs that classify (loss with accuracy; predict gives labels)
 CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
+_PREDICT_VALUES = 2**24
+
+
+#: what each kernel status (network.train_step) found not finite
+_DIVERGED = {1: "loss", 2: "gradient",
+             3: "update (a parameter or optimizer state value would overflow)"}
 
 
 class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss or gradient.
+    """Training produced a non-finite loss or gradient, or a step whose
+    update would have made a parameter or optimizer state value non-finite.
 
     The model keeps the parameters from before the failing step.  The
     attributes ``epoch`` (1-based) and ``step`` (1-based batch within the
@@ -41,8 +51,8 @@ class DivergenceError(FloatingPointError):
 
     @classmethod
     def from_status(cls, status, epoch, step, batch_size):
-        """The error for a kernel status (1: loss, 2: gradient not finite)."""
-        what = "loss" if status == 1 else "gradient"
+        """The error for a kernel status (1: loss, 2: gradient, 3: update)."""
+        what = _DIVERGED.get(int(status), f"value (status {status})")
         return cls(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
                    f"(batch_size={batch_size}); parameters are those before that step. "
                    "Try a smaller learning rate or scaled inputs.", epoch, step)
@@ -128,13 +138,15 @@ class MLP:
         codes = _hidden_codes(activation, len(w) - 2) + [OUTPUTS[output]]
         self.widths = np.array(w, dtype=np.int64)
         self.codes = np.array(codes, dtype=np.int64)
+        self.widths.flags.writeable = False  # the buffers' layout hangs on them
+        self.codes.flags.writeable = False
         self.output = output
         self.dtype = v.resolve_dtype(dtype)
         self.alpha = v.as_real(alpha, "alpha", 0.0)
         self.seed = v.as_seed(seed)
         self._rng = np.random.default_rng(self.seed)
-        self._params = np.zeros(self.n_params, dtype=self.dtype)
-        self._grads = np.zeros_like(self._params)
+        self._params = v.zeros(self.n_params, self.dtype, "widths", "the parameter buffer")
+        self._grads = v.zeros(self.n_params, self.dtype, "widths", "the gradient buffer")
         self._ws_key = None
         self._ws = None
         self.optimizer = None
@@ -149,8 +161,7 @@ class MLP:
 
     @property
     def n_params(self):
-        w = self.widths
-        return int(np.sum(w[:-1] * w[1:] + w[1:]))
+        return v.n_params(self.widths.tolist())
 
     @property
     def activations(self):
@@ -198,10 +209,55 @@ class MLP:
         self.history = {}
 
     # -- data --------------------------------------------------------------
+    def _check_structure(self):
+        """The model's own arrays as the kernels need them.  ``widths``,
+        ``codes``, ``output``, ``alpha`` and ``dtype`` are plain attributes a
+        user can reassign; an inconsistent change is a ValueError here, not
+        a read out of bounds in a kernel.
+
+        After a full check, ``widths`` and ``codes`` are made read-only (so
+        they cannot change in place) and the identities of the checked
+        objects are remembered: the next call costs one tuple comparison
+        unless something was reassigned.
+        """
+        w, c, p, g = self.widths, self.codes, self._params, self._grads
+        key = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
+        if key == getattr(self, "_checked", None):
+            return
+        arrays_ok = all(isinstance(a, np.ndarray) and a.flags.c_contiguous
+                        and a.flags.aligned for a in (w, c, p, g))
+        ok = (arrays_ok and w.dtype == np.int64 and w.ndim == 1 and w.size >= 2
+              and bool((w >= 1).all()) and c.dtype == np.int64 and c.shape == (w.size - 1,)
+              and self.output in OUTPUTS and int(c[-1]) == OUTPUTS[self.output]
+              and all(int(x) in _act.ACTIVATION_NAMES for x in c[:-1])
+              and p.dtype == self.dtype and p.dtype in v.FLOAT_DTYPES
+              and p.shape == (v.n_params(w.tolist()),) and g.shape == p.shape
+              and g.dtype == p.dtype)
+        if not ok:
+            raise ValueError("the model's widths, codes, output, dtype or parameter buffer "
+                             "were changed and no longer agree; build a new MLP instead")
+        self.alpha = v.as_real(self.alpha, "alpha", 0.0)
+        if w.flags.writeable:
+            self.widths = w = w.copy()
+            w.flags.writeable = False
+        if c.flags.writeable:
+            self.codes = c = c.copy()
+            c.flags.writeable = False
+        self._checked = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
+
+    def _make_writeable(self):
+        """Training writes the parameter and gradient buffers in place; a
+        model unpickled from a read-only memory map gets its own copies."""
+        if not self._params.flags.writeable:
+            self._params = self._params.copy()
+        if not self._grads.flags.writeable:
+            self._grads = np.zeros_like(self._params)
+
     def _check_X(self, X, name="X"):
         """X as the kernels take it: a C-contiguous array of the model dtype,
         or, for scipy.sparse input (any format), checked CSR ``SparseRows``
         (never densified)."""
+        self._check_structure()
         if type(X) is not np.ndarray:  # the dense fast path pays one type test
             if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
                 return X
@@ -250,6 +306,7 @@ class MLP:
                                  f"got {t.shape}")
             if (t < 0).any():
                 raise ValueError(f"{name} target rows must be non-negative probabilities")
+            v.check_target_rows(t, name)
             return _net.XENT_TARGETS, empty_i, t
         if ya.ndim == 1 and d_out == 1:
             ya = ya.reshape(-1, 1)
@@ -264,22 +321,27 @@ class MLP:
             return _net.POISSON, empty_i, t
         return _net.SQUARED_ERROR, empty_i, t
 
-    def _workspace(self, cap, dense_x=True):
+    def _workspace(self, cap, name="batch_size", dense_x=True):
         """Buffers for batches of up to ``cap`` rows, reused between calls
-        (without the dense input batch ``xb`` when X is sparse)."""
+        (without the dense input batch ``xb`` when X is sparse).  Sizes are
+        Python ints; one too large for memory is a ValueError naming ``name``
+        (the argument that set ``cap``)."""
         key = (cap, self.dtype, tuple(self.widths), dense_x)
         if self._ws_key != key:
-            w = self.widths
+            w = [int(d) for d in self.widths]
             dt = self.dtype
+            what = f"the workspace for {cap} rows"
+            self._ws = None
+            self._ws_key = None
             self._ws = {
-                "acts": np.zeros(cap * int(w[1:].sum()), dtype=dt),
-                "delta_a": np.zeros(cap * int(w[1:].max()), dtype=dt),
-                "delta_b": np.zeros(cap * int(w[1:].max()), dtype=dt),
-                "rw": np.zeros(cap, dtype=dt),
-                "xb": np.zeros(cap * int(w[0]) if dense_x else 0, dtype=dt),
-                "yb_int": np.zeros(cap, dtype=np.int64),
-                "yb_f": np.zeros(cap * int(w[-1]), dtype=dt),
-                "swb": np.zeros(cap, dtype=np.float64),
+                "acts": v.zeros(cap * sum(w[1:]), dt, name, what),
+                "delta_a": v.zeros(cap * max(w[1:]), dt, name, what),
+                "delta_b": v.zeros(cap * max(w[1:]), dt, name, what),
+                "rw": v.zeros(cap, dt, name, what),
+                "xb": v.zeros(cap * w[0] if dense_x else 0, dt, name, what),
+                "yb_int": v.zeros(cap, np.int64, name, what),
+                "yb_f": v.zeros(cap * w[-1], dt, name, what),
+                "swb": v.zeros(cap, np.float64, name, what),
             }
             self._ws_key = key
         return self._ws
@@ -366,7 +428,8 @@ class MLP:
         progress = v.as_bool(progress, "progress")
         checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
         if checkpoint is not None:
-            checkpoint = v.as_path(checkpoint, "checkpoint")
+            # reported now, not after the first epoch
+            checkpoint = v.check_writable_path(checkpoint, "checkpoint")
         batch_size = min(v.as_positive_int(batch_size, "batch_size"), n)
         if validation_data is not None:
             try:
@@ -376,8 +439,9 @@ class MLP:
             Xv = self._check_X(Xv, "validation_data[0]")
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
         opt = self._resolve_optimizer(optimizer)
+        hp = opt.checked_hyperparameters(self.dtype)
+        self._make_writeable()
         s1, s2 = opt.bind(self._params)
-        hp = opt.hyperparameters()
         sparse = isinstance(X, v.SparseRows)
         ws = self._workspace(batch_size, dense_x=not sparse)
         if sparse:
@@ -393,12 +457,18 @@ class MLP:
                 history["val_accuracy"] = []
 
         bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=epochs, unit="epoch", desc="fit")
+        # A first fit in a fresh environment compiles for seconds: say so
+        # before the wait, and start the bar after that epoch so that its
+        # rate and ETA measure training, not compilation.
+        compiling = progress and compile_pending(self.dtype)
+        if compiling:
+            print(compile_notice(self.dtype), file=sys.stderr, flush=True)
         try:
-            for _ in range(epochs):
+            for epoch_index in range(epochs):
+                if progress and bar is None and not (compiling and epoch_index == 0):
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=epochs, initial=epoch_index, unit="epoch", desc="fit")
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
                 if sparse:
                     status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
@@ -461,13 +531,15 @@ class MLP:
         kind, y_int, y_f = self._check_y(y, n)
         sw = v.as_sample_weight(sample_weight, n)
         opt = self._resolve_optimizer(optimizer)
+        hp = opt.checked_hyperparameters(self.dtype)
+        self._make_writeable()
         s1, s2 = opt.bind(self._params)
         if isinstance(X, v.SparseRows):
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
-        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n)
+        ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         status, loss, _, step = _net.train_step(
             self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
-            y_int, y_f, sw, opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
+            y_int, y_f, sw, opt.kind, hp, s1, s2, opt.step_,
             ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
         )
         if status != 0:
@@ -486,7 +558,7 @@ class MLP:
         status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
             X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
             self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            opt.kind, opt.hyperparameters(), s1, s2, opt.step_,
+            opt.kind, opt.checked_hyperparameters(self.dtype), s1, s2, opt.step_,
             sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
             ws["delta_a"], ws["delta_b"], ws["rw"],
         )
@@ -509,21 +581,24 @@ class MLP:
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n)
         sw = v.as_sample_weight(sample_weight, n)
-        w, dt = self.widths, self.dtype
-        big = n * int(w[1:].max())
+        w, dt = [int(d) for d in self.widths], self.dtype
+        what = f"the workspace for all {n} rows"
+        big = n * max(w[1:])
+        acts = v.zeros(n * sum(w[1:]), dt, "X", what)
+        delta_a = v.zeros(big, dt, "X", what)
+        delta_b = v.zeros(big, dt, "X", what)
         grads = np.empty_like(self._params)
         if isinstance(X, v.SparseRows):
-            loss, _ = _sparse_kernels().loss_and_grad_sparse(
-                self._params, grads, w, self.codes, kind, self.alpha,
+            kernel = _sparse_kernels().loss_and_grad_sparse
+            loss, _ = kernel(
+                self._params, grads, self.widths, self.codes, kind, self.alpha,
                 X.data, X.indices, X.indptr, y_int, y_f, sw,
-                np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
-                np.empty(n, dt),
+                acts, delta_a, delta_b, np.empty(n, dt),
             )
             return float(loss), self._views(grads)
         loss, _ = _net.loss_and_grad(
-            self._params, grads, w, self.codes, kind, self.alpha, X, y_int, y_f, sw,
-            np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt), np.empty(big, dt),
-            np.empty(n, dt),
+            self._params, grads, self.widths, self.codes, kind, self.alpha, X, y_int, y_f,
+            sw, acts, delta_a, delta_b, np.empty(n, dt),
         )
         return float(loss), self._views(grads)
 
@@ -592,8 +667,11 @@ class MLP:
         X = self._check_X(X)
         n = X.shape[0]
         out = np.empty((n, int(self.widths[-1])), dtype=self.dtype)
-        cap = min(n, _PREDICT_CHUNK)
-        acts = np.empty(cap * int(self.widths[1:].sum()), dtype=self.dtype)
+        per_row = sum(int(d) for d in self.widths[1:])
+        # rows per chunk: at most _PREDICT_CHUNK, and activations of at most
+        # _PREDICT_VALUES values, however wide the layers
+        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row))
+        acts = v.zeros(cap * per_row, self.dtype, "widths", "the activations of one row")
         if isinstance(X, v.SparseRows):
             forward_sparse = _sparse_kernels().forward_sparse
             for s in range(0, n, cap):
@@ -601,10 +679,17 @@ class MLP:
                 # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
                 out[s:e] = forward_sparse(self._params, self.widths, self.codes,
                                           X.data, X.indices, X.indptr[s:e + 1], acts)
-            return out
-        for s in range(0, n, cap):
-            out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
-                                          X[s:s + cap], acts)
+        else:
+            for s in range(0, n, cap):
+                out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
+                                              X[s:s + cap], acts)
+        if not np.isfinite(out).all():
+            row = int(np.argmax(~np.isfinite(out).all(axis=1)))
+            values = X.data if isinstance(X, v.SparseRows) else X
+            big = np.abs(values).max() if values.size else 0.0
+            raise ValueError(f"X: the network's outputs overflow to infinity or NaN (first "
+                             f"at row {row}, largest |X| {big:.3g}); scale the "
+                             "inputs as the training data were")
         return out
 
     def predict_proba(self, X):
@@ -727,13 +812,7 @@ class MLP:
         model.dtype = meta["params"].dtype
         model.alpha = meta["alpha"]
         model.seed = None
-        model._rng = np.random.default_rng()
-        if meta["rng_state"] is not None:
-            try:
-                model._rng.bit_generator.state = meta["rng_state"]
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ValueError(f"cannot load model from {path!r}: bad rng_state ({exc})") \
-                    from None
+        model._rng = meta["rng"] if meta["rng"] is not None else np.random.default_rng()
         model._params = meta["params"]
         model._grads = np.zeros_like(model._params)
         model._ws_key = None
@@ -743,16 +822,21 @@ class MLP:
         if opt is not None:
             try:
                 # built through the constructor, so file settings are checked
-                kind = type(get_optimizer(str(opt["name"]).lower()))
+                kind = type(get_optimizer(opt["name"].lower()))
                 model.optimizer = kind(**opt["settings"])
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (ValueError, TypeError) as exc:
                 raise ValueError(f"cannot load model from {path!r}: bad optimizer "
                                  f"({exc})") from None
             model.optimizer.state_ = opt["state"]
-            model.optimizer.step_ = int(opt["step"])
+            model.optimizer.step_ = opt["step"]
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
         return model
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_checked", None)  # object ids mean nothing in another process
+        return state
 
     def __repr__(self):
         acts = self.activations

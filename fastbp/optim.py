@@ -24,12 +24,49 @@ class Optimizer:
         """float64 array as the update kernel reads it."""
         raise NotImplementedError
 
+    #: settings that must stay > 0 once cast to the parameters' dtype
+    _POSITIVE = ("lr",)
+
+    def checked_hyperparameters(self, dtype):
+        """``hyperparameters()`` after checking the settings again, as the
+        constructor does: they are plain attributes a user may have changed
+        (``opt.lr = "0.1"`` must not reach a kernel).  A positive setting
+        that rounds to 0 in ``dtype`` (``lr=1e-50`` in float32: no training
+        at all; ``eps=1e-50``: 0/0 for a zero gradient), or is infinite
+        there, is refused."""
+        settings = {k: getattr(self, k) for k in self._fields}
+        key = (np.dtype(dtype), tuple((type(x), x) for x in settings.values()))
+        if key == getattr(self, "_checked", None):
+            return self.hyperparameters()
+        type(self)(**settings)
+        info = np.finfo(dtype)
+        tiny, big = float(info.tiny), float(info.max)
+        for k in self._POSITIVE:
+            value = getattr(self, k)
+            if value < tiny or value > big:
+                what = "rounds to 0" if value < tiny else "overflows"
+                raise ValueError(f"{k}={value!r} {what} in {info.dtype}; use {tiny:.3g} <= "
+                                 f"{k} <= {big:.3g}")
+        self._checked = key  # the same settings are not checked again
+        return self.hyperparameters()
+
     def bind(self, params):
-        """Make sure the state matches ``params`` (size and dtype)."""
+        """Make sure the state matches ``params`` (size and dtype).
+
+        A state of another size or dtype (the optimizer was used with another
+        model) is replaced by a fresh one.  A state of the right size that
+        the kernels could not use safely (read-only, non-contiguous, sharing
+        memory with the parameters, a bad step count) is refused with a
+        ValueError rather than overwritten silently.  (Values are not read
+        here: a state value that makes an update non-finite is caught by the
+        update check; ``MLP.load`` checks the values of a loaded state.)
+        """
         s = self.state_
-        if s is None or s[0].shape != params.shape or s[0].dtype != params.dtype:
+        if s is None or not _same_buffer_kind(s, params):
             self.state_ = (np.zeros_like(params), np.zeros_like(params))
             self.step_ = 0
+        else:
+            check_state(self, params)
         return self.state_
 
     def reset(self):
@@ -38,14 +75,90 @@ class Optimizer:
         self.step_ = 0
 
     def step(self, params, grads):
-        """Update ``params`` in place from ``grads`` (flat arrays, one dtype)."""
+        """Update ``params`` in place from ``grads``.
+
+        Parameters
+        ----------
+        params : ndarray, 1-D, float32 or float64
+            The flat parameter buffer: C-contiguous and writeable (it is
+            updated in place).
+        grads : array_like, shape of ``params``
+            Gradients, converted once to the dtype of ``params``; must be
+            finite.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad buffers (checked before any kernel runs).
+        FloatingPointError
+            The update would make a parameter or state value non-finite
+            (learning rate too large); nothing is changed.
+        """
+        params, grads = check_step_buffers(params, grads)
+        hp = self.checked_hyperparameters(params.dtype)
         s1, s2 = self.bind(params)
+        status = _k.check_update(self.kind, params, grads, s1, s2, hp, self.step_ + 1)
+        if status == _k.BAD_GRADIENT:
+            raise ValueError("grads must be finite; got NaN or infinity")
+        if status == _k.BAD_UPDATE:
+            raise FloatingPointError("the update would make a parameter or optimizer state "
+                                     "value non-finite (learning rate too large?); params "
+                                     "and state are unchanged")
         self.step_ += 1
-        _k.apply_update(self.kind, params, grads, s1, s2, self.hyperparameters(), self.step_)
+        _k.apply_update(self.kind, params, grads, s1, s2, hp, self.step_)
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
         return f"{type(self).__name__}({args})"
+
+
+def check_step_buffers(params, grads):
+    """``params`` as the update kernels need it (checked, never copied: it is
+    updated in place) and ``grads`` converted to its dtype and layout."""
+    if not isinstance(params, np.ndarray):
+        raise TypeError(f"params must be a NumPy array (the flat parameter buffer); "
+                        f"got {v._describe(params)}")
+    if params.dtype not in v.FLOAT_DTYPES:
+        raise TypeError(f"params must have dtype float32 or float64 (native byte order); "
+                        f"got {params.dtype}")
+    if params.ndim != 1:
+        raise ValueError(f"params must be a 1-D array (the flat parameter buffer); got "
+                         f"{params.ndim}-D with shape {params.shape}")
+    if not params.flags.writeable:
+        raise ValueError("params must be writeable: it is updated in place; got a "
+                         "read-only array")
+    if not (params.flags.c_contiguous and params.flags.aligned):
+        raise ValueError("params must be a contiguous, aligned array: it is updated in "
+                         "place; got a strided view")
+    grads = v.as_float(grads, "grads", 1, params.dtype, finite=False)
+    if grads.shape != params.shape:
+        raise ValueError(f"grads must have the shape of params {params.shape}; got "
+                         f"{grads.shape}")
+    return params, grads
+
+
+def _same_buffer_kind(state, params):
+    """True if ``state`` is a pair of arrays of the size and dtype of params."""
+    return (isinstance(state, tuple) and len(state) == 2
+            and all(isinstance(a, np.ndarray) and a.shape == params.shape
+                    and a.dtype == params.dtype for a in state))
+
+
+def check_state(opt, params):
+    """ValueError unless ``opt.state_`` and ``opt.step_`` can be handed to the
+    update kernel with ``params``."""
+    step = opt.step_
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"optimizer step_ must be a non-negative integer; got {step!r}")
+    opt.step_ = int(step)
+    for i, a in enumerate(opt.state_):
+        name = f"optimizer state_[{i}]"
+        if not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+            raise ValueError(f"{name} must be a contiguous, writeable array")
+        if np.may_share_memory(a, params):
+            raise ValueError(f"{name} must not share memory with the parameters")
+    if np.may_share_memory(opt.state_[0], opt.state_[1]) and opt.kind == _k.ADAM:
+        raise ValueError("optimizer state_[0] and state_[1] must not share memory")
 
 
 class SGD(Optimizer):
@@ -63,7 +176,9 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         super().__init__()
         self.lr = v.as_real(lr, "lr", 0.0, min_inclusive=False)
-        self.momentum = v.as_real(momentum, "momentum", 0.0, 1.0, max_inclusive=False)
+        # [0, 1] as scikit-learn allows (PyTorch takes any momentum >= 0, but
+        # above 1 the velocity grows geometrically with a constant gradient)
+        self.momentum = v.as_real(momentum, "momentum", 0.0, 1.0)
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False; got {nesterov!r}")
         self.nesterov = bool(nesterov)
@@ -82,6 +197,7 @@ class Adam(Optimizer):
 
     kind = _k.ADAM
     _fields = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _POSITIVE = ("lr", "eps")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__()

@@ -278,7 +278,7 @@ CASES = [
     (fb.SGD, {"lr": "0.1"}, TypeError, r"lr must be a real number; got str"),
     (fb.SGD, {"lr": True}, TypeError, r"lr must be a real number; got bool"),
     (fb.SGD, {"lr": float("nan")}, ValueError, r"lr must be finite"),
-    (fb.SGD, {"momentum": 1.0}, ValueError, r"momentum must be < 1"),
+    (fb.SGD, {"momentum": 1.5}, ValueError, r"momentum must be <= 1"),
     (fb.SGD, {"momentum": -0.1}, ValueError, r"momentum must be >= 0"),
     (fb.SGD, {"momentum": 0.9, "nesterov": 1}, TypeError, r"nesterov must be True or False"),
     (fb.SGD, {"nesterov": True}, ValueError, r"nesterov=True needs momentum > 0"),
@@ -335,6 +335,164 @@ CASES = [
 ]
 
 
+# --- issue 8: reliability, round 2, by family ---------------------------------
+P7 = np.linspace(-1, 1, 7)
+
+
+def _read_only(a):
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+def _step(kind, state=None, step=None, **opt_kw):
+    """A callable ``(params, grads)`` running ``kind(**opt_kw).step`` on copies,
+    optionally with a state_ / step_ planted first."""
+
+    def call(params, grads):
+        opt = kind(**opt_kw)
+        if state is not None:
+            opt.state_ = state(params)
+            opt.step_ = 0
+        if step is not None:
+            opt.state_ = (np.zeros_like(params), np.zeros_like(params))
+            opt.step_ = step
+        return opt.step(params, grads)
+
+    call.__qualname__ = f"{kind.__name__}.step"
+    return call
+
+
+adam_step = _step(fb.Adam)
+sgd_step = _step(fb.SGD, momentum=0.9)
+
+
+def _fit_with(**fit_kw):
+    def call(**kw):
+        return clf().fit(X, Y, epochs=1, **fit_kw, **kw)
+
+    call.__qualname__ = "MLP.fit"
+    return call
+
+
+def _from_torch_dict(**weights):
+    def call():
+        from fastbp import interop
+
+        return interop.from_torch(weights)
+
+    call.__qualname__ = "interop.from_torch"
+    return call
+
+
+HUGE_W = np.full(4, 1e308)
+
+
+def _in_place(model, name, index, value):
+    """``model.<name>[index] = value`` after the model was used once."""
+    model.predict(X)
+    getattr(model, name)[index] = value
+    return model
+
+
+def _tampered(what, call="predict", **attrs):
+    """A callable that changes public attributes of a fresh model (or of its
+    optimizer) and then calls ``call``: never a kernel reading out of bounds."""
+
+    def run():
+        m = clf()
+        opt = fb.SGD(lr=0.1, momentum=0.5)
+        for k, val in attrs.items():
+            setattr(opt if what == "optimizer" else m, k, val)
+        if call == "predict":
+            return m.predict(X)
+        if call == "train_on_batch":
+            return m.train_on_batch(X, Y, optimizer=opt)
+        return m.fit(X, Y, epochs=1, optimizer=opt)
+
+    run.__qualname__ = f"tampered-{what}.{call}"
+    return run
+
+
+RELIABILITY_CASES = [
+    # 1. crashes: every buffer handed to an update kernel is checked first
+    (adam_step, {"params": P7, "grads": np.ones(5)}, ValueError, r"grads must have the shape of params \(7,\); got \(5,\)"),
+    (sgd_step, {"params": P7, "grads": np.ones(9)}, ValueError, r"grads must have the shape of params"),
+    (adam_step, {"params": P7.reshape(7, 1), "grads": np.ones((7, 1))}, ValueError, r"params must be a 1-D array"),
+    (adam_step, {"params": P7[::2].copy(), "grads": np.ones(4)[::1]}, None, None),
+    (adam_step, {"params": np.linspace(0, 1, 14)[::2], "grads": np.ones(7)}, ValueError, r"params must be a contiguous"),
+    (adam_step, {"params": P7.astype(np.int64), "grads": np.ones(7)}, TypeError, r"params must have dtype float32 or float64"),
+    (adam_step, {"params": P7.astype(np.float16), "grads": np.ones(7)}, TypeError, r"params must have dtype"),
+    (adam_step, {"params": P7.astype(">f8"), "grads": np.ones(7)}, TypeError, r"params must have dtype .*native byte order"),
+    (adam_step, {"params": list(P7), "grads": np.ones(7)}, TypeError, r"params must be a NumPy array"),
+    (adam_step, {"params": None, "grads": np.ones(7)}, TypeError, r"params must be a NumPy array.*None"),
+    (_step(fb.Adam, state=lambda p: (np.zeros(7)[::1], _read_only(np.zeros(7)))), {"params": P7.copy(), "grads": np.ones(7)}, ValueError, r"optimizer state_\[1\] must be a contiguous, writeable array"),
+    (_step(fb.SGD, state=lambda p: (p, np.zeros_like(p)), momentum=0.5), {"params": P7.copy(), "grads": np.ones(7)}, ValueError, r"state_\[0\] must not share memory with the parameters"),
+    (_step(fb.Adam, step=-1), {"params": P7.copy(), "grads": np.ones(7)}, ValueError, r"step_ must be a non-negative integer; got -1"),
+    (_step(fb.Adam, step=2.5), {"params": P7.copy(), "grads": np.ones(7)}, ValueError, r"step_ must be a non-negative integer; got 2.5"),
+    (fb.MLP, {"widths": [10**6, 10**6, 10**6]}, ValueError, r"widths \[1000000, 1000000, 1000000\] give 2e\+12 parameters; at most"),
+    (fb.MLP, {"widths": [3, 2**63, 2]}, ValueError, r"widths .* parameters; at most"),
+    (fb.MLP, {"widths": [3, 10**40]}, ValueError, r"widths .* parameters; at most"),
+    (fb.MLP, {"widths": [3, 1e300]}, ValueError, r"widths .* parameters; at most"),
+    (fb.MLP, {"widths": [1, 2**37, 2]}, ValueError, r"widths: the parameter buffer needs .* GiB"),
+    (fb.MLP, {"widths": [2] * 3000}, None, None),
+    (_tampered("model", widths=np.array([3, 400, 2])), {}, ValueError, r"widths, codes, output, dtype or parameter buffer were changed"),
+    (_tampered("model", "fit", widths=np.array([3, 4, 2], np.int32)), {}, ValueError, r"no longer agree"),
+    (method("predict", lambda: _in_place(clf(), "widths", 1, 400)), {"X": X}, ValueError, r"read-only"),
+    (method("fit", lambda: _in_place(clf(), "codes", 1, 2)), {"X": X, "y": Y}, ValueError, r"read-only"),
+    (_tampered("model", codes=np.array([1, 9])), {}, ValueError, r"no longer agree"),
+    (_tampered("model", "train_on_batch", codes=np.array([1, 1])), {}, ValueError, r"no longer agree"),
+    (_tampered("model", dtype=np.dtype(np.float64)), {}, ValueError, r"no longer agree"),
+    (_tampered("model", "fit", alpha="0.1"), {}, TypeError, r"alpha must be a real number; got str"),
+    (_tampered("model", "fit", output="sigmoid-ish"), {}, ValueError, r"no longer agree"),
+    (_tampered("optimizer", "fit", lr="0.1"), {}, TypeError, r"lr must be a real number; got str"),
+    (_tampered("optimizer", "train_on_batch", momentum=3.0), {}, ValueError, r"momentum must be <= 1"),
+    (_tampered("optimizer", "fit", nesterov="yes"), {}, TypeError, r"nesterov must be True or False"),
+    (_tampered("optimizer", "fit", lr=1e-50), {}, ValueError, r"lr=1e-50 rounds to 0 in float32; use 1.18e-38 <= lr <= 3.4e\+38"),
+    (fit, {"X": X, "y": Y, "optimizer": fb.Adam(eps=1e-60)}, ValueError, r"eps=1e-60 rounds to 0 in float32"),
+    (train_on_batch, {"X": X, "y": Y, "optimizer": fb.Adam(lr=1e39)}, ValueError, r"lr=1e\+39 overflows in float32"),
+    (_step(fb.Adam, eps=1e-60), {"params": P7.astype(np.float32), "grads": np.zeros(7)}, ValueError, r"eps=1e-60 rounds to 0 in float32"),
+    # 2. silent wrong results: refused instead
+    (predict_proba, {"X": np.full((4, 3), 3e38)}, ValueError, r"X: the network's outputs overflow .*row 0"),
+    (evaluate, {"X": np.full((4, 3), 3e38), "y": Y}, ValueError, r"X: the network's outputs overflow"),
+    (fit, {"X": X, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
+    (sce, {"logits": Z, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
+    (evaluate, {"X": X, "y": Y, "sample_weight": HUGE_W}, ValueError, r"sample_weight must have a finite sum"),
+    (fit, {"X": X, "y": np.zeros((4, 2))}, ValueError, r"y target rows must each have a positive, finite sum.*row 0 sums to 0"),
+    (fit, {"X": X, "y": np.array([[1, 0], [0, 1], [0, 0], [1, 0]])}, ValueError, r"y target rows .*row 2 sums to 0"),
+    (fit, {"X": X, "y": np.full((4, 2), 3e38)}, ValueError, r"y target rows .*sums to inf"),
+    (sce, {"logits": Z, "y": np.zeros((4, 2))}, ValueError, r"y target rows must each have a positive, finite sum"),
+    (train_on_batch, {"X": X, "y": np.zeros((4, 2))}, ValueError, r"y target rows must each have a positive"),
+    (_fit_with(validation_data=(X, np.zeros((4, 2)))), {}, ValueError, r"validation_data\[1\] target rows"),
+    (_step(fb.SGD), {"params": P7.copy(), "grads": with_nan(np.ones(7), 3)}, ValueError, r"grads must be finite"),
+    (_step(fb.SGD, lr=1e308), {"params": np.ones(7), "grads": np.full(7, 1e10)}, FloatingPointError, r"update would make a parameter .* non-finite"),
+    (_step(fb.Adam, lr=1e300, eps=1e-300), {"params": np.ones(7), "grads": np.full(7, 1e-200)}, FloatingPointError, r"params and state are unchanged"),
+    (_from_torch_dict(**{"0.weight": np.full((4, 3), np.nan), "0.bias": np.zeros(4)}), {}, ValueError, r"layer 0 \('0.weight'\) weight must be finite"),
+    (_from_torch_dict(**{"0.weight": np.ones((4, 3)), "0.bias": np.full(4, np.inf)}), {}, ValueError, r"layer 0 .* bias must be finite"),
+    (_from_torch_dict(**{"0.weight": np.ones((4, 3)) * 1j, "0.bias": np.zeros(4)}), {}, TypeError, r"layer 0 .* weight must hold real numbers.*complex"),
+    (_from_torch_dict(**{"0.weight": np.ones(3), "0.bias": np.zeros(1)}), {}, ValueError, r"'0.weight' must be a 2-D"),
+    (_from_torch_dict(**{"0.weight": np.ones((4, 3)), "0.bias": np.zeros(3)}), {}, ValueError, r"layer 0 .* bias must have shape \(4,\)"),
+    (_from_torch_dict(**{"0.weight": np.full((4, 3), 1e300), "0.bias": np.zeros(4)}), {}, ValueError, r"too large for float32"),
+    # 3. Numba leaking: never a typing error
+    (adam_step, {"params": _read_only(P7), "grads": np.ones(7)}, ValueError, r"params must be writeable"),
+    (adam_step, {"params": np.array(1.0), "grads": np.array(1.0)}, ValueError, r"params must be a 1-D array.*got 0-D"),
+    (adam_step, {"params": P7.copy(), "grads": "abc"}, TypeError, r"grads must be an array of real numbers; got str"),
+    (adam_step, {"params": P7.copy(), "grads": np.array(["a"] * 7)}, TypeError, r"grads must hold real numbers.*strings"),
+    (adam_step, {"params": P7.copy(), "grads": np.ones(7) * 1j}, TypeError, r"grads must hold real numbers.*complex"),
+    (sgd_step, {"params": P7.copy(), "grads": np.array(1.0)}, ValueError, r"grads must be 1-D; got 0-D"),
+    (sgd_step, {"params": P7.astype(np.float32), "grads": np.ones(7, np.float64)}, None, None),
+    # 5. late failures: reported before training, naming the user's path
+    (fit, {"X": X, "y": Y, "checkpoint": Lazy(lambda t: t / "no" / "such" / "m.npz")}, FileNotFoundError, r"checkpoint '.*no/such/m.npz': directory .* does not exist"),
+    (fit, {"X": X, "y": Y, "checkpoint": DIRECTORY}, IsADirectoryError, r"checkpoint .* is a directory"),
+    (fit, {"X": X, "y": Y, "checkpoint": 3}, TypeError, r"checkpoint must be a file path"),
+    (method("save"), {"path": Lazy(lambda t: t / "missing" / "m.npz")}, FileNotFoundError, r"path '.*missing/m.npz': directory"),
+    (method("save"), {"path": DIRECTORY}, IsADirectoryError, r"path .* is a directory"),
+]
+CASES += [c for c in RELIABILITY_CASES if c[2] is not None]
+#: calls that must succeed (buffers converted at the boundary, deep models)
+ACCEPTED = [c for c in RELIABILITY_CASES if c[2] is None]
+
+
 def _case_id(case):
     values = case.values if hasattr(case, "values") else case
     fn, kwargs = values[0], values[1]
@@ -372,6 +530,23 @@ def test_bad_input(fn, kwargs, exc, pattern, tmp_path):
 
 def test_table_is_large():
     assert N_CASES >= 80
+
+
+@pytest.mark.parametrize("fn, kwargs, _exc, _pattern", ACCEPTED,
+                         ids=[_case_id(c) for c in ACCEPTED])
+def test_reliability_accepted(fn, kwargs, _exc, _pattern):
+    fn(**kwargs)
+
+
+def test_bad_checkpoint_is_refused_before_training(tmp_path):
+    """A missing checkpoint directory is refused before the first epoch, so
+    no parameter changed."""
+    m = clf()
+    before = m.flat_params.copy()
+    with pytest.raises(FileNotFoundError):
+        m.fit(X, Y, epochs=3, checkpoint=tmp_path / "nope" / "c.npz")
+    np.testing.assert_array_equal(m.flat_params, before)
+    assert m.epochs_trained == 0
 
 
 # --- inputs that must be accepted: layouts, read-only, byte order ------------

@@ -95,6 +95,27 @@ def test_bench_sparse_section_tiny(capsys):
     assert "sparse/dense" in out
 
 
+def test_startup_report_prints_ratios(monkeypatch, capsys):
+    """The report's arithmetic and layout, on made-up timings (running the
+    real scripts takes a minute of compilation)."""
+    rep = {k: [(1.0, 0.5), (3.0, 1.5)] for k in bench.STARTUP_KEYS}
+    rep["naive step, cold"] = [(10.0, 4.0), (10.0, 4.0)]
+    rep["extras"] = [{"float64": (2.0, 1.0)}, {"float64": (4.0, 3.0)}]
+    bench.print_startup_report(rep)
+    out = capsys.readouterr().out
+    assert "cold / naive step" in out and "warm / import numba" in out
+    assert "0.20x" in out and "0.25x" in out  # cold: 2/10 wall, 1/4 cpu
+    assert "first float64" in out and "MISS" in out  # 2.0 s CPU > 1 s
+
+
+def test_compile_profile_prints(capsys):
+    rows = [(0.5, 0.5, 1, "activations.bias_activation", "float32[2d C]"),
+            (1.0, 1.5, 0, "network.forward", "float32[1d C]")]
+    bench.print_compile_profile(rows)
+    out = capsys.readouterr().out
+    assert "network.forward(float32[1d C])" in out and "1.50s in 2 compilations" in out
+
+
 def test_output_epochs_runs():
     samples = bench.output_epochs(1, widths=(8, 16, 3), n=64, batch=8)
     assert set(samples) == {"softmax", "sigmoid-multilabel", "softmax-2class",

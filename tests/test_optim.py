@@ -159,11 +159,19 @@ HOT_KERNELS = {
         k_opt.adam_update,
         lambda: (np.ones(9, F32), np.ones(9, F32), np.ones(9, F32), np.ones(9, F32), 3, 0.1,
                  0.9, 0.999, 1e-8, 0.01)),
+    "optim.sgd_check": (
+        k_opt.sgd_check,
+        lambda: (np.ones(9, F32), np.ones(9, F32), np.ones(9, F32), 0.1, 0.9, 0.0, 0.01, True,
+                 False)),
+    "optim.adam_check": (
+        k_opt.adam_check,
+        lambda: (np.ones(9, F32), np.ones(9, F32), np.ones(9, F32), np.ones(9, F32), 3, 0.1,
+                 0.9, 0.999, 1e-8, 0.01)),
 }
 # Scalar hyper-parameters of the optimizer kernels arrive as float64 and are
 # cast to float32 once before the loop (fastbp/_kernels/optim.py says so):
 # those few double operations are allowed there, nothing per element.
-SCALAR_PREP = {"optim.sgd_update", "optim.adam_update"}
+SCALAR_PREP = {"optim.sgd_update", "optim.adam_update", "optim.sgd_check", "optim.adam_check"}
 _DOUBLE_OP = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem)\b[^\n]*?\bdouble\b"
                         r"|call [^\n]*double @llvm\.(?:exp|log|sqrt|tanh|pow)"
                         r"|call [^\n]*double @(?:exp|log|tanh|sqrt|pow)\b")

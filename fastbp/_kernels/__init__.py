@@ -2,21 +2,88 @@
 given to them: no validation, no allocation on hot paths, no Python objects.
 Nothing here imports from the rest of the package.
 
-Numba's on-disk cache (``cache=True``) checks only the modification time of
-the file that defines a function, yet a cached caller carries its callees
-compiled in.  Editing ``activations.py`` would leave the cached
-``network.train_epoch`` running the old activation code.  So at import the
-sources of this package are hashed and, if they changed since the cache was
-written, the cache files in ``__pycache__`` are dropped.
+Where the compiled code lives
+-----------------------------
+Every kernel is compiled with ``cache=True`` (config.JIT).  Numba writes the
+machine code to the first of these that works, and so does fastbp's check
+below (it asks Numba's own cache locators, so the two always agree):
+
+1. ``$NUMBA_CACHE_DIR/_kernels_<hash>/`` when NUMBA_CACHE_DIR is set;
+2. ``fastbp/_kernels/__pycache__/`` when the installation is writable;
+3. the user's cache directory, ``~/.cache/numba/_kernels_<hash>/`` on Linux
+   (``$XDG_CACHE_HOME`` if set), for a read-only installation.
+
+``CACHE_DIR`` holds the directory in use (None when nothing is writable: then
+every process compiles).
+
+Stale caches
+------------
+Numba's on-disk cache checks only the source of the file that defines a
+function, yet a cached caller carries its callees compiled in.  Editing
+``activations.py`` would leave the cached ``network.train_epoch`` running the
+old activation code.  So at import the sources of this package (and Numba's
+version) are hashed and, if they changed since the cache was written, the
+cache files of this package in ``CACHE_DIR`` are dropped.
+
+Adding a kernel (what keeps the first compile short)
+----------------------------------------------------
+The first ``fit`` in a fresh environment compiles ``train_epoch`` and
+everything it calls; Numba optimises each function on its own and then again
+inside every caller it is linked into, and type inference of one huge
+function grows faster than its size.  Measured on 2 shared cores
+(``fastbp bench --startup``), the layout that pays is:
+
+* a kernel with real loops (activations, losses, optimizer updates, the
+  epoch) is a plain ``@njit(**JIT)`` function, compiled once per dtype;
+* a small glue function with one or two call sites on the training path
+  (``matmul``, ``dense_forward``, ``all_finite``, ``apply_update``,
+  ``view2d``, ``forward_loss``, ``backward``, ``train_step``) is
+  ``@njit(**JIT_INLINE)``: copied into its caller at the Numba-IR level, so it
+  is not compiled and optimised as a unit of its own (still callable from
+  Python);
+* inlining the big loop kernels too was slower (one huge function: 17 s CPU
+  against 13.5 s), as was a deeper call graph;
+* avoid constructs whose Numba implementation compiles a lot of hidden code:
+  ``arr.view(dtype)``, slice assignment of arrays (``a[:] = b``) and
+  ``sum(axis=...)`` (each compiles error-message formatting), ``max``/``min``
+  over tuples, and branches on ``itemsize`` or a dtype whose arms need other
+  types (both arms are compiled);
+* one signature per dtype: pass C-contiguous arrays (reshape views of flat
+  buffers are) so a kernel is not compiled again for 'A' or 'F' layouts.
+
+A new kernel then costs roughly its own size once.  Check with
+``fastbp bench --startup 1`` before and after.
 """
 
 import hashlib
 import os
 
 
+def _probe():
+    """A function in this directory: Numba's cache locators are asked where
+    they would cache it, which is where every kernel here is cached."""
+
+
+def cache_dir():
+    """The directory Numba caches this package's kernels in (created if
+    needed), or None when no candidate is writable."""
+    try:
+        from numba.core.caching import CacheImpl
+    except ImportError:  # a Numba without this internal: the in-tree default
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+        return path if os.access(os.path.dirname(path), os.W_OK) else None
+    for cls in CacheImpl._locator_classes:
+        loc = cls.from_function(_probe, os.path.abspath(__file__))
+        if loc is not None:
+            return loc.get_cache_path()
+    return None
+
+
 def _drop_stale_cache():
+    cache = cache_dir()
+    if cache is None:
+        return None
     here = os.path.dirname(os.path.abspath(__file__))
-    cache = os.path.join(here, "__pycache__")
     digest = hashlib.sha256()
     try:
         import numba
@@ -30,7 +97,7 @@ def _drop_stale_cache():
         try:
             with open(stamp) as fh:
                 if fh.read().strip() == digest.hexdigest():
-                    return
+                    return cache
         except OSError:
             pass
         if os.path.isdir(cache):
@@ -41,9 +108,11 @@ def _drop_stale_cache():
         with open(stamp, "w") as fh:
             fh.write(digest.hexdigest())
     except OSError:
-        # A read-only installation: the cache there was written by the same
-        # sources, or cannot be written at all.
+        # Could not read the sources or write the stamp: leave the cache as
+        # it is (Numba still checks each kernel's own source file).
         pass
+    return cache
 
 
-_drop_stale_cache()
+#: where the compiled kernels are cached (see the module docstring)
+CACHE_DIR = _drop_stale_cache()

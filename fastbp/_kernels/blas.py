@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 from numba.core.errors import NumbaPerformanceWarning
 
-from .config import JIT
+from .config import JIT_INLINE
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -98,7 +98,7 @@ def _register():
 BACKEND = _register()
 
 
-@njit(**JIT)
+@njit(**JIT_INLINE)
 def matmul(a, b, out):
     """out = a @ b without allocating.
 

@@ -8,10 +8,10 @@ from numba import njit
 
 from .activations import bias_activation, delta_in_place
 from .blas import matmul
-from .config import JIT
+from .config import JIT, JIT_INLINE
 
 
-@njit(**JIT)
+@njit(**JIT_INLINE)
 def dense_forward(x, W, b, code, out):
     """out = g(x @ W + b).
 

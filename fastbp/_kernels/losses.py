@@ -16,7 +16,11 @@ from .elementary import exp
 
 @njit(**JIT)
 def row_weights(n, sample_weight, out):
-    """out[:n] = 1/n, or sample_weight / sample_weight.sum() if given."""
+    """out[:n] = 1/n, or sample_weight / sample_weight.sum() if given.
+
+    A batch whose rows all weigh 0 gets weights 0 (it contributes no loss
+    and no gradient) instead of dividing 0 by 0.
+    """
     if sample_weight.size == 0:
         c = out.dtype.type(1.0) / out.dtype.type(n)
         for i in range(n):
@@ -25,8 +29,12 @@ def row_weights(n, sample_weight, out):
         s = 0.0
         for i in range(n):
             s += sample_weight[i]
-        for i in range(n):
-            out[i] = out.dtype.type(sample_weight[i] / s)
+        if s > 0.0:
+            for i in range(n):
+                out[i] = out.dtype.type(sample_weight[i] / s)
+        else:
+            for i in range(n):
+                out[i] = out.dtype.type(0.0)
 
 
 @njit(**JIT)

@@ -31,7 +31,7 @@ from .losses import (
     softmax_xent_labels,
     softmax_xent_targets,
 )
-from .optim import all_finite, apply_update
+from .optim import apply_update, check_update
 
 XENT_LABELS = 0
 XENT_TARGETS = 1
@@ -187,7 +187,9 @@ def train_step(
     """One step on the contiguous batch x: forward, loss, backward and the
     optimizer update (state s1, s2; ``step`` updates so far).
     Returns (status, loss, n_correct, step): status 0 is success, 1 a
-    non-finite loss, 2 a non-finite gradient; then nothing is updated.
+    non-finite loss, 2 a non-finite gradient, 3 an update that would make a
+    parameter or optimizer state value non-finite (checked before anything
+    is written, optim.check_update); then nothing is updated.
 
     (Updating each layer inside ``backward`` while its W and dW are in
     cache measured no faster than this separate pass, and would leave a
@@ -198,8 +200,11 @@ def train_step(
         return 1, loss, c, step
     loss += backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
                      delta_a, delta_b)
-    if not all_finite(grads):
-        return 2, loss, c, step
+    if not np.isfinite(loss):  # the L2 term overflowed
+        return 1, loss, c, step
+    status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    if status != 0:
+        return status, loss, c, step
     apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
     return 0, loss, c, step + 1
 
@@ -217,8 +222,9 @@ def train_epoch(
     computes loss and gradients, checks them and updates ``params`` in place
     with the optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far).
     Returns (status, batch, loss_sum, n_correct, step): status 0 is success;
-    1 means the loss of batch ``batch`` was not finite and 2 that a
-    gradient was not; that batch's update was not applied.
+    1 means the loss of batch ``batch`` was not finite, 2 that a gradient
+    was not and 3 that the update would not be (``train_step``); that
+    batch's update was not applied.
     loss_sum is sum over batches of batch_loss * batch_rows (float64).
     """
     n = perm.size

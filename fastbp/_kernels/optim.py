@@ -9,32 +9,40 @@ parameter dtype, so float32 training never computes in float64.
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from .config import JIT, JIT_INLINE
 
 SGD = 0
 ADAM = 1
 
-
-@njit(**JIT)
-def _max_masked(bits, mask):
-    worst = bits.dtype.type(0)
-    for i in range(bits.size):
-        worst = max(worst, bits[i] & mask)
-    return worst
+# Status codes of ``check_update`` (and of network.train_step, which adds
+# 1 for a non-finite loss).
+UPDATE_OK = 0
+BAD_GRADIENT = 2
+BAD_UPDATE = 3
 
 
-@njit(**JIT)
+# The checks divide as the updates do; Numba's default error model puts a
+# zero-divisor test (Python's ZeroDivisionError) in every division, which
+# stops the loop from vectorising.  The "numpy" model divides as IEEE 754
+# does, bit for bit the same quotient.
+JIT_CHECK = dict(JIT, error_model="numpy")
+JIT_VALUES = dict(JIT_CHECK, inline="always")
+
+
+@njit(**JIT_INLINE)
 def all_finite(x):
     """True if every element of the 1-D float array x is finite."""
-    # Integer test on the exponent bits (all ones for inf and NaN): integer
-    # max is associative, so the loop vectorises without any fastmath flag,
-    # and no flag can fold it away (a float ``x - x`` sum was folded to 0
-    # under ``reassoc``: test_all_finite_detects).
-    if x.itemsize == 4:
-        mask = np.uint32(0x7F800000)
-        return _max_masked(x.view(np.uint32), mask) != mask
-    mask64 = np.uint64(0x7FF0000000000000)
-    return _max_masked(x.view(np.uint64), mask64) != mask64
+    # ``v - v`` is 0 for a finite v and NaN for inf or NaN, and NaN == 0 is
+    # false.  No allowed fastmath flag may fold ``v - v`` to 0 (that needs
+    # nnan and ninf), and the and-reduction of booleans is an integer
+    # reduction, so the loop vectorises.  (An earlier version compared the
+    # exponent bits through ``x.view(uint32/uint64)``: the same speed, but
+    # the view and both integer widths cost ~1.3 s of CPU on a cold compile.)
+    zero = x.dtype.type(0)
+    ok = True
+    for i in range(x.size):
+        ok &= x[i] - x[i] == zero
+    return ok
 
 
 @njit(**JIT)
@@ -74,7 +82,7 @@ def sgd_update(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
             p[i] -= lr_ * vi
 
 
-@njit(**JIT)
+@njit(**JIT_CHECK)  # IEEE division (see JIT_CHECK): the loop vectorises
 def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """Adam (Kingma & Ba) with bias correction; ``step`` counts from 1.
 
@@ -99,7 +107,117 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         p[i] -= step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
 
 
-@njit(**JIT)
+
+
+@njit(**JIT_VALUES)
+def _sgd_values(p, g, v, lr_, mu, keep, damp, wd, mode):
+    """(new v, new p) of one element, as ``sgd_update`` computes them; mode
+    0: no momentum (v is neither read nor written: 0 is returned for it),
+    1: Nesterov, 2: plain momentum."""
+    d = g + wd * p
+    if mode == 0:
+        return lr_ - lr_, p - lr_ * d  # a zero of p's dtype (lr_ is finite)
+    vi = keep * v + damp * d
+    if mode == 1:
+        return vi, p - lr_ * (d + mu * vi)
+    return vi, p - lr_ * vi
+
+
+@njit(**JIT_CHECK)
+def sgd_check(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
+    """Status of the step ``sgd_update`` would make, computed without
+    writing: BAD_GRADIENT if an element of g is not finite, BAD_UPDATE if a
+    new parameter or momentum value would not be, else UPDATE_OK.
+
+    The arithmetic is ``sgd_update``'s, operation for operation (no
+    ``contract`` flag, so no fused multiply-add differs), so the verdict is
+    exact.  The first loop's test ``|v'| + |p'| < inf`` is false for any
+    inf or NaN (a non-finite g makes p' or v' non-finite: 0 * inf is NaN)
+    and is a boolean AND, which vectorises without any fastmath flag; only
+    when it fails (divergence, or finite values near the overflow
+    threshold) does a second loop tell a bad gradient from a bad update
+    exactly.
+    """
+    t = p.dtype.type
+    inf = t(np.inf)
+    lr_ = t(lr)
+    mu = t(momentum)
+    keep = mu
+    damp = t(1.0 - dampening)
+    if first:
+        keep = t(0.0)
+        damp = t(1.0)
+    wd = t(weight_decay)
+    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    ok = True
+    for i in range(p.size):
+        vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
+        ok &= abs(vi) + abs(pi) < inf
+    if ok:
+        return UPDATE_OK
+    bad_g = False
+    bad_u = False
+    for i in range(p.size):
+        vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
+        bad_g |= not abs(g[i]) < inf
+        bad_u |= (not abs(vi) < inf) | (not abs(pi) < inf)
+    if bad_g:
+        return BAD_GRADIENT
+    return BAD_UPDATE if bad_u else UPDATE_OK
+
+
+@njit(**JIT_VALUES)
+def _adam_values(p, g, m, v, b1, b2, c1, c2, wd, step_size, inv_bc2, eps_):
+    """(new m, new v, new p) of one element, as ``adam_update`` computes them."""
+    d = g + wd * p
+    mi = b1 * m + c1 * d
+    vi = b2 * v + c2 * d * d
+    return mi, vi, p - step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
+
+
+@njit(**JIT_CHECK)
+def adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """Status of the step ``adam_update`` would make, without writing (as
+    ``sgd_check``): the new p, m and v must all be finite."""
+    t = p.dtype.type
+    inf = t(np.inf)
+    b1 = t(beta1)
+    b2 = t(beta2)
+    c1 = t(1.0 - beta1)
+    c2 = t(1.0 - beta2)
+    wd = t(weight_decay)
+    step_size = t(lr / (1.0 - beta1**step))
+    inv_bc2 = t(1.0 / (1.0 - beta2**step))
+    eps_ = t(eps)
+    ok = True
+    for i in range(p.size):
+        mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
+                                  inv_bc2, eps_)
+        ok &= abs(mi) + abs(vi) + abs(pi) < inf
+    if ok:
+        return UPDATE_OK
+    bad_g = False
+    bad_u = False
+    for i in range(p.size):
+        mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
+                                  inv_bc2, eps_)
+        bad_g |= not abs(g[i]) < inf
+        bad_u |= (not abs(mi) < inf) | (not abs(vi) < inf) | (not abs(pi) < inf)
+    if bad_g:
+        return BAD_GRADIENT
+    return BAD_UPDATE if bad_u else UPDATE_OK
+
+
+@njit(**JIT_INLINE)
+def check_update(kind, p, g, s1, s2, hp, step):
+    """Status (UPDATE_OK, BAD_GRADIENT, BAD_UPDATE) of the update
+    ``apply_update`` would make with the same arguments; writes nothing."""
+    if kind == ADAM:
+        return adam_check(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
+    return sgd_check(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
+
+
+@njit(**JIT_INLINE)
 def apply_update(kind, p, g, s1, s2, hp, step):
     """Dispatch on optimizer kind.  hp (float64): SGD [lr, momentum,
     dampening, weight_decay, nesterov]; Adam [lr, beta1, beta2, eps,

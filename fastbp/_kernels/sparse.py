@@ -38,7 +38,7 @@ from .network import (
     l2_alpha,
     view2d,
 )
-from .optim import all_finite, apply_update
+from .optim import apply_update, check_update
 
 
 @njit(**JIT)
@@ -219,7 +219,8 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
                       y_int, y_f, sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b,
                       rw):
     """network.train_step with X as CSR rows: same checks and statuses
-    (0 success, 1 non-finite loss, 2 non-finite gradient; then no update).
+    (0 success, 1 non-finite loss, 2 non-finite gradient, 3 non-finite
+    update; then no update).
     Returns (status, loss, n_correct, step)."""
     loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
                                       y_int, y_f, sw, acts, delta_a, rw)
@@ -227,8 +228,11 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
         return 1, loss, c, step
     loss += backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
                             data, indices, indptr, h1, acts, delta_a, delta_b)
-    if not all_finite(grads):
-        return 2, loss, c, step
+    if not np.isfinite(loss):  # the L2 term overflowed
+        return 1, loss, c, step
+    status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    if status != 0:
+        return status, loss, c, step
     apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
     return 0, loss, c, step + 1
 
