@@ -28,6 +28,7 @@ OUTPUT_KINDS = {
     "softmax": (IDENTITY, 2),
     "identity": (IDENTITY, 1),
     "sigmoid": (IDENTITY, 1),
+    "exp": (IDENTITY, 1),
 }
 
 

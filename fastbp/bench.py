@@ -573,13 +573,13 @@ def output_epochs(repeats, dtype="float32", widths=(64, 128, 10), n=2048, batch=
 # compile of a plain eight-function @njit MLP step (what a user writing the
 # kernels naively waits for).
 
-_CLOCK = "import time as _t\n_w0 = _t.perf_counter(); _c0 = _t.process_time()\n"
+_START_CLOCKS = "import time as _t\n_w0 = _t.perf_counter(); _c0 = _t.process_time()\n"
 _REPORT = "print(_t.perf_counter() - _w0, _t.process_time() - _c0)\n"
 
-STARTUP_IMPORT_NUMBA = _CLOCK + "import numba\n" + _REPORT
+STARTUP_IMPORT_NUMBA = _START_CLOCKS + "import numba\n" + _REPORT
 
 #: import fastbp and the first fit of a float32 ReLU 64-128-10 network
-STARTUP_FIRST_FIT = _CLOCK + """
+STARTUP_FIRST_FIT = _START_CLOCKS + """
 import numpy as np
 import fastbp as fb
 rng = np.random.default_rng(0)
@@ -612,7 +612,7 @@ print("EXTRAS", json.dumps(_extra))
 """
 
 #: the reference: eight plain @njit functions making up one MLP training step
-STARTUP_NAIVE_STEP = _CLOCK + '''
+STARTUP_NAIVE_STEP = _START_CLOCKS + '''
 import numpy as np
 from numba import njit
 
@@ -690,7 +690,7 @@ step(x, y, W1, b1, W2, b2, np.zeros_like(W1), np.zeros_like(b1), np.zeros_like(W
 
 #: the floor of any warm start through Numba's cache: one trivial cached
 #: @njit function loaded from the cache (Numba's typing and target set-up)
-STARTUP_TRIVIAL_CACHED = _CLOCK + """
+STARTUP_TRIVIAL_CACHED = _START_CLOCKS + """
 import sys
 sys.path.insert(0, sys.argv[1])
 from fastbp_trivial import one

@@ -169,7 +169,8 @@ def to_torch(model):
 
 
 #: scikit-learn's out_activation_ -> fb.MLP output
-_SK_OUTPUTS = {"logistic": "sigmoid", "softmax": "softmax", "identity": "identity"}
+_SK_OUTPUTS = {"logistic": "sigmoid", "softmax": "softmax", "identity": "identity",
+               "exp": "exp"}
 
 
 def from_sklearn(est, dtype="float64"):
@@ -218,21 +219,24 @@ def to_sklearn(model, X, y):
         raise ValueError("scikit-learn MLPs use one activation for all hidden layers")
     act = _SK_ACTS_BACK[acts.pop() if acts else "identity"]
     hidden = tuple(int(w) for w in model.widths[1:-1])
-    cls = MLPRegressor if model.output == "identity" else MLPClassifier
+    cls = MLPRegressor if model.output in ("identity", "exp") else MLPClassifier
     est = cls(hidden_layer_sizes=hidden, activation=act, max_iter=1, alpha=model.alpha)
+    if model.output == "exp":  # Poisson regression: scikit-learn's loss="poisson"
+        est.set_params(loss="poisson")
     if model.output == "sigmoid" and model.widths[-1] == 1 and np.ndim(y) == 2:
         y = np.asarray(y).reshape(-1)  # a (n, 1) column of 0/1 labels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, y)
     n_out = int(model.widths[-1])
-    expected = {"sigmoid": "logistic", "identity": "identity",
+    expected = {"sigmoid": "logistic", "identity": "identity", "exp": "exp",
                 "softmax": "softmax" if n_out > 2 else "logistic"}[model.output]
     if est.out_activation_ != expected:
         need = {"sigmoid": ("0/1 labels (n,)" if n_out == 1
                             else f"a (n, {n_out}) 0/1 indicator matrix"),
                 "softmax": f"class labels 0..{n_out - 1} of shape (n,)",
-                "identity": f"targets with {n_out} column(s)"}[model.output]
+                "identity": f"targets with {n_out} column(s)",
+                "exp": f"non-negative targets with {n_out} column(s)"}[model.output]
         raise ValueError(f"y must be {need} for this {model.output} model with {n_out} "
                          f"output(s); scikit-learn read it as {est.out_activation_!r} output "
                          f"with {est.n_outputs_} unit(s)")

@@ -22,7 +22,8 @@ from .optim import Adam, get_optimizer
 
 __all__ = ["MLP", "DivergenceError"]
 
-OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.IDENTITY}
+OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.IDENTITY,
+           "exp": _act.IDENTITY}
 #: outputs that classify (loss with accuracy; predict gives labels)
 CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
@@ -100,20 +101,24 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation ("relu", "tanh", "sigmoid", "identity"), one
         for all or one per hidden layer.
-    output : {"softmax", "sigmoid", "identity"}
+    output : {"softmax", "sigmoid", "identity", "exp"}
         "softmax": classification with mean cross-entropy (``d_L`` classes);
         "sigmoid": binary (``d_L == 1``) or multilabel (``d_L`` labels)
         classification, one sigmoid unit per label with binary cross-entropy
         averaged over rows and summed over labels (scikit-learn's logistic
         output);
-        "identity": regression with half squared error.
+        "identity": regression with half squared error;
+        "exp": regression of non-negative targets (counts, rates) with the
+        Poisson loss and a log link, predictions ``exp(output)``
+        (scikit-learn's ``MLPRegressor(loss="poisson")``).
     dtype : {"float32", "float64"}
         Dtype of parameters and of all work.
     seed : int or None
         Seeds initialisation and shuffling; the same seed gives the same
         parameters after the same calls.
     alpha : float
-        L2 penalty: the loss gains ``alpha / (2 n_batch) * sum(W**2)``.
+        L2 penalty: the loss gains ``alpha / (2 n_batch) * sum(W**2)``, with
+        n_batch the total sample weight of the batch when weights are given.
 
     Weights are drawn uniformly from ``[-r, r]``: He's ``r = sqrt(6 / d_in)``
     for ReLU layers, Glorot's ``r = sqrt(6 / (d_in + d_out))`` otherwise and
@@ -309,6 +314,11 @@ class MLP:
         if t.shape != (n, d_out):
             raise ValueError(f"{name} must have shape ({n}, {d_out})"
                              f"{f' or ({n},)' if d_out == 1 else ''}; got {ya.shape}")
+        if self.output == "exp":
+            if (t < 0).any():
+                raise ValueError(f"{name} must be non-negative for the Poisson loss (output="
+                                 f"'exp'); got minimum {t.min()}")
+            return _net.POISSON, empty_i, t
         return _net.SQUARED_ERROR, empty_i, t
 
     def _workspace(self, cap, name="batch_size", dense_x=True):
@@ -592,6 +602,65 @@ class MLP:
         )
         return float(loss), self._views(grads)
 
+    # -- lean paths for callers that loop (fastbp.sklearn) --------------------
+    def _prepare_data(self, X, y, sample_weight=None):
+        """Check dense X, y and sample weights once for repeated lean calls.
+
+        Returns the tuple ``(X, loss_kind, y_int, y_f, sw)`` that
+        ``_run_epoch`` and ``_full_loss_grad`` take, so that a loop over
+        epochs or function evaluations does not check the whole X again.
+        """
+        X = self._check_X(X)
+        n = X.shape[0]
+        kind, y_int, y_f = self._check_y(y, n)
+        return X, kind, y_int, y_f, v.as_sample_weight(sample_weight, n)
+
+    def _run_epoch(self, data, batch_size, optimizer, shuffle=True):
+        """One epoch of ``fit`` over data from ``_prepare_data``; no history.
+
+        ``batch_size`` (int, 1..n) and ``optimizer`` (an Optimizer) are taken
+        as given.  Returns the epoch's mean training loss (float).  Raises
+        DivergenceError as ``fit`` does.
+        """
+        X, kind, y_int, y_f, sw = data
+        n = X.shape[0]
+        self.optimizer = optimizer
+        s1, s2 = optimizer.bind(self._params)
+        ws = self._workspace(batch_size)
+        perm = self._rng.permutation(n) if shuffle else np.arange(n)
+        status, batch, loss_sum, _, step = _net.train_epoch(
+            X, y_int, y_f, sw, perm, batch_size,
+            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+            optimizer.kind, optimizer.hyperparameters(), s1, s2, optimizer.step_,
+            ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+            ws["delta_a"], ws["delta_b"], ws["rw"],
+        )
+        optimizer.step_ = int(step)
+        if status != 0:
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, int(batch) + 1,
+                                              batch_size)
+        self.epochs_trained += 1
+        return loss_sum / n
+
+    def _full_loss_grad(self, data):
+        """Loss (L2 term included) over all rows of data from
+        ``_prepare_data``, with its gradient written into the model's own
+        flat gradient buffer (``self._grads``); full-batch workspaces are
+        kept between calls.  Returns the loss (float)."""
+        X, kind, y_int, y_f, sw = data
+        n = X.shape[0]
+        w, dt = self.widths, self.dtype
+        key = (n, dt, tuple(w))
+        if getattr(self, "_full_ws_key", None) != key:
+            big = n * int(w[1:].max())
+            self._full_ws = (np.empty(n * int(w[1:].sum()), dt), np.empty(big, dt),
+                             np.empty(big, dt), np.empty(n, dt))
+            self._full_ws_key = key
+        acts, da, db, rw = self._full_ws
+        loss, _ = _net.loss_and_grad(self._params, self._grads, w, self.codes, kind,
+                                     self.alpha, X, y_int, y_f, sw, acts, da, db, rw)
+        return float(loss)
+
     # -- inference ---------------------------------------------------------
     def forward(self, X):
         """Raw network outputs (logits for classification), shape (n, d_L)."""
@@ -655,6 +724,8 @@ class MLP:
             _act.activate(z, _act.SIGMOID)
             labels = (z > 0.5).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
+        if self.output == "exp":
+            np.exp(z, out=z)
         return z[:, 0] if z.shape[1] == 1 else z
 
     def evaluate(self, X, y, sample_weight=None, comm=None):
@@ -687,6 +758,8 @@ class MLP:
             loss, correct = _loss.softmax_xent_targets(z, y_f, w, dz)
         elif kind == _net.SIGMOID_XENT:
             loss, correct = _loss.sigmoid_xent(z, y_f, w, dz)
+        elif kind == _net.POISSON:
+            loss = _loss.poisson_log_link(z, y_f, w, dz)
         else:
             loss = _loss.half_squared_error(z, y_f, w, dz)
         scores = {"loss": float(loss)}
@@ -709,6 +782,8 @@ class MLP:
         if self.output in CLASSIFIER_OUTPUTS:
             return self.evaluate(X, y)["accuracy"]
         pred = self.forward(X).astype(np.float64)
+        if self.output == "exp":
+            np.exp(pred, out=pred)
         _, _, t = self._check_y(y, pred.shape[0])
         t = t.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(0)

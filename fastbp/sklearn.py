@@ -1,60 +1,142 @@
 """scikit-learn compatible estimators backed by fastbp's compiled training loop.
 
 ``MLPClassifier`` and ``MLPRegressor`` take the constructor parameters of
-scikit-learn's ``sklearn.neural_network`` estimators that make sense here and
-expose fitted attributes with the same names.  Each training iteration is one
-compiled call (``fb.MLP.fit(..., epochs=1)``) that reuses one optimizer object,
-so its state (momentum, Adam moments) carries over between iterations and
-between ``partial_fit`` calls.
+scikit-learn's ``sklearn.neural_network`` estimators, validate them against
+the same ranges (``_parameter_constraints``), follow the same training rules
+and expose fitted attributes with the same names:
+
+* ``solver="lbfgs"``: full-batch L-BFGS (``scipy.optimize.minimize``,
+  method "L-BFGS-B", ``maxiter=max_iter``, ``maxfun=max_fun``,
+  ``gtol=tol``) over the model's flat parameter buffer, with one compiled
+  call per function evaluation.
+* ``solver="sgd"`` / ``"adam"``: each iteration (epoch) is one compiled call
+  that reuses one optimizer object.  ``learning_rate`` "constant",
+  "invscaling" (``learning_rate_init / (t_ + 1) ** power_t`` after each
+  epoch, ``t_`` counting the samples seen) and "adaptive" (divided by 5
+  whenever the stopping rule fires, stopping below 1e-6) as scikit-learn.
+  fastbp's SGD keeps PyTorch's momentum buffer; when the learning rate
+  changes the buffer is rescaled so that the update equals scikit-learn's
+  velocity rule exactly.
+* Classification: softmax output for multiclass targets, one logistic unit
+  for binary targets and one logistic unit per label for multilabel
+  indicator targets (``out_activation_`` "softmax" or "logistic").
+* ``sample_weight``: weighted means, the L2 term divided by the total weight
+  of the batch, so that integer weights equal repeated rows.
+* ``dtype`` (fastbp only): ``None`` (default) works in float32 when ``X`` is
+  float32 and in float64 otherwise, as scikit-learn does; ``"float32"`` is
+  faster.
+
+Differences that remain: weights are initialised as ``fb.MLP`` does (He for
+ReLU layers, biases at zero), not with scikit-learn's random generator, so
+results are comparable but not identical; Adam adds ``epsilon`` after the
+bias correction of the second moment (scikit-learn before); for several
+regression outputs the reported loss sums over the outputs (scikit-learn
+averages the data term but not its gradient).
 
 scikit-learn is an optional dependency: it is imported only by this module.
-
-Differences from scikit-learn:
-
-* ``learning_rate`` must be ``"constant"`` ("invscaling"/"adaptive" are
-  refused); the SGD update is PyTorch's momentum rule, which equals
-  scikit-learn's for a constant learning rate.
-* The classifier always uses a softmax output, also for two classes: the last
-  entry of ``coefs_`` has ``n_classes`` columns and ``out_activation_`` is
-  ``"softmax"``; ``predict_proba`` returns ``(n, 2)`` for binary problems as
-  scikit-learn does.  Multilabel targets are not supported.
-* ``dtype``: ``None`` (default) works in float32 when ``X`` is float32 and in
-  float64 otherwise, as scikit-learn does; pass ``"float32"`` for speed.
 """
 
 import warnings
+from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+import scipy.optimize
+import scipy.sparse as sp
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import (
-    check_classification_targets,
-)
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
     validate_data,
 )
 
-from .network import MLP
+from . import network as _network
+from .network import MLP, DivergenceError
 from .optim import SGD, Adam
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_OUTPUTS = {"softmax": "softmax", "logistic": "sigmoid", "identity": "identity", "exp": "exp"}
+_STOCHASTIC = ("sgd", "adam")
+# integer parameters for which a bool (an Integral in Python) is refused
+_INT_PARAMS = ("batch_size", "max_iter", "n_iter_no_change", "max_fun")
+
+
+def _has_sigmoid_output():
+    """True when fb.MLP offers output="sigmoid" (binary and multilabel)."""
+    return "sigmoid" in getattr(_network, "OUTPUTS", {})
+
+
+_SPARSE_SUPPORT = []
+
+
+def _sparse_ok():
+    """True when fb.MLP takes scipy.sparse CSR X (checked once)."""
+    if not _SPARSE_SUPPORT:
+        try:
+            MLP([2, 1], output="identity", dtype="float64")._check_X(sp.csr_matrix(np.ones((1, 2))))
+            _SPARSE_SUPPORT.append(True)
+        except (TypeError, ValueError):
+            _SPARSE_SUPPORT.append(False)
+    return _SPARSE_SUPPORT[0]
+
+
+def _accept_sparse():
+    return ["csr", "csc"] if _sparse_ok() else False
+
+
+def _lbfgs_print_options(verbose):
+    try:  # scipy changed how L-BFGS-B is told to print; scikit-learn knows how
+        from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+    except ImportError:
+        return {}
+    return _get_additional_lbfgs_options_dict("iprint", 1 if verbose else -1)
 
 
 class _BaseMLP(BaseEstimator):
-    _output = None  # "softmax" or "identity"
+    _parameter_constraints: ClassVar[dict] = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
+    }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
-                 tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -63,6 +145,7 @@ class _BaseMLP(BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
@@ -77,38 +160,29 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
 
     # -- parameters ------------------------------------------------------------
     def _check_params(self):
+        """Validate every parameter (naming it); returns the hidden widths."""
+        self._validate_params()
+        for name in _INT_PARAMS:
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"The {name!r} parameter of {type(self).__name__} must be an "
+                                f"int, not a bool; got {value!r}")
         hs = self.hidden_layer_sizes
-        hs = [hs] if np.isscalar(hs) else list(hs)
-        if any(int(h) != h or h < 1 for h in hs):
-            raise ValueError(f"hidden_layer_sizes must be positive integers; got {self.hidden_layer_sizes!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {self.activation!r}")
-        if self.solver not in ("sgd", "adam"):
-            raise ValueError(f"solver must be 'sgd' or 'adam'; got {self.solver!r}")
-        if self.learning_rate != "constant":
-            raise ValueError("fastbp supports only learning_rate='constant'; "
-                             f"got {self.learning_rate!r}")
-        if not self.learning_rate_init > 0:
-            raise ValueError(f"learning_rate_init must be > 0; got {self.learning_rate_init!r}")
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha must be >= 0; got {self.alpha!r}")
-        if int(self.max_iter) != self.max_iter or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}")
-        if int(self.n_iter_no_change) != self.n_iter_no_change or self.n_iter_no_change < 1:
-            raise ValueError(f"n_iter_no_change must be a positive integer; got {self.n_iter_no_change!r}")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1); got {self.validation_fraction!r}")
-        if not (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1):
-            raise ValueError("beta_1 and beta_2 must be in [0, 1)")
-        if not 0 <= self.momentum <= 1:
-            raise ValueError(f"momentum must be in [0, 1]; got {self.momentum!r}")
-        if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
-            raise ValueError(f"dtype must be None, 'float32' or 'float64'; got {self.dtype!r}")
-        return [int(h) for h in hs]
+        sizes = list(hs) if hasattr(hs, "__iter__") else [hs]
+        for h in sizes:
+            if isinstance(h, (bool, np.bool_)) or not isinstance(h, (Integral, np.integer)):
+                raise TypeError(f"The 'hidden_layer_sizes' parameter of {type(self).__name__} "
+                                "must hold one positive int per hidden layer; got "
+                                f"{self.hidden_layer_sizes!r}")
+            if h < 1:
+                raise ValueError(f"The 'hidden_layer_sizes' parameter of {type(self).__name__} "
+                                 f"must hold positive ints; got {self.hidden_layer_sizes!r}")
+        return [int(h) for h in sizes]
 
     def _work_dtype(self, X):
         if self.dtype is not None:
@@ -116,20 +190,31 @@ class _BaseMLP(BaseEstimator):
         return np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
 
     def _make_optimizer(self):
-        if self.solver == "sgd":
-            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
-                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
-        return Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
-                    eps=self.epsilon)
+        lr = float(self.learning_rate_init)
+        if self.solver == "adam":
+            return Adam(lr=lr, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+        mu = float(self.momentum)
+        nesterov = bool(self.nesterovs_momentum) and mu > 0
+        try:
+            return SGD(lr=lr, momentum=mu, nesterov=nesterov)
+        except ValueError:
+            if mu != 1.0:
+                raise
+            # scikit-learn allows momentum=1.0; an fb.SGD that refuses it is
+            # built with another value and given 1.0 (the kernel takes it).
+            opt = SGD(lr=lr, momentum=0.5, nesterov=nesterov)
+            opt.momentum = 1.0
+            return opt
 
-    def _batch(self, n):
-        if self.batch_size == "auto":
-            return min(200, n)
-        bs = int(self.batch_size)
-        if bs < 1 or bs > n:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                          "It is going to be clipped", stacklevel=3)
-        return int(np.clip(bs, 1, n))
+    def _set_learning_rate(self, lr):
+        """Change the SGD learning rate as scikit-learn does: its velocity is
+        ``-lr * buffer`` for fastbp's PyTorch-style buffer, so the buffer is
+        rescaled by ``old / new`` to keep the velocity."""
+        opt = self._optimizer
+        if opt.state_ is not None and opt.momentum > 0 and opt.lr != lr:
+            s1 = opt.state_[0]
+            s1 *= s1.dtype.type(opt.lr / lr)
+        opt.lr = float(lr)
 
     # -- fitted attributes -------------------------------------------------------
     @property
@@ -154,267 +239,454 @@ class _BaseMLP(BaseEstimator):
         return self._model
 
     # -- training ----------------------------------------------------------------
-    def _initialize(self, X, n_out, hidden):
-        rs = check_random_state(self.random_state)
-        self._rs = rs
-        self._model = MLP([X.shape[1], *hidden, n_out], activation=_ACTIVATIONS[self.activation],
-                          output=self._output, dtype=self._work_dtype(X),
-                          seed=int(rs.randint(np.iinfo(np.int32).max)), alpha=self.alpha)
-        self._optimizer = self._make_optimizer()
-        self.n_layers_ = len(hidden) + 2
-        self.n_outputs_ = n_out
-        self.out_activation_ = self._output
-        self.loss_curve_ = []
-        self.t_ = 0
+    def _initialize(self, n_features, n_outputs, hidden, out_activation, dtype):
         self.n_iter_ = 0
-        self._no_improvement_count = 0
-        self.best_loss_ = np.inf
-        if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
-        else:
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-
-    def _sync_settings(self):
-        # parameters that may change between fits (set_params + warm_start)
-        self._model.alpha = float(self.alpha)
-        opt = self._optimizer
-        if self.solver == "sgd" and isinstance(opt, SGD):
-            opt.lr = float(self.learning_rate_init)
-            opt.momentum = float(self.momentum)
-            opt.nesterov = bool(self.nesterovs_momentum and self.momentum > 0)
-        elif self.solver == "adam" and isinstance(opt, Adam):
-            opt.lr = float(self.learning_rate_init)
-        else:
-            self._optimizer = self._make_optimizer()
-
-    def _fit_loop(self, X, y, sample_weight, incremental):
-        model = self._model
-        n = X.shape[0]
-        early = self.early_stopping and not incremental
-        Xv = yv = None
-        if early:
-            strat = y if self._output == "softmax" else None
-            idx = np.arange(n)
-            try:
-                tr, va = train_test_split(idx, random_state=self._rs, test_size=self.validation_fraction,
-                                          stratify=strat)
-            except ValueError:
-                tr, va = train_test_split(idx, random_state=self._rs, test_size=self.validation_fraction)
-            if len(va) < 2:
-                raise ValueError(f"The validation set is too small with validation_fraction="
-                                 f"{self.validation_fraction} and {n} samples")
-            Xv, yv = X[va], y[va]
-            X, y = X[tr], y[tr]
-            if sample_weight is not None:
-                sample_weight = sample_weight[tr]
-            n = X.shape[0]
-        bs = self._batch(n)
-        iters = 1 if incremental else int(self.max_iter)
-        best_params = None
-        for it in range(iters):
-            h = model.fit(X, y, epochs=1, batch_size=bs, optimizer=self._optimizer,
-                          shuffle=self.shuffle, sample_weight=sample_weight)
-            loss = float(h["loss"][0])
-            self.n_iter_ += 1
-            self.t_ += n
-            self.loss_curve_.append(loss)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-            if incremental:
-                if self.best_loss_ is not None and loss < self.best_loss_:
-                    self.best_loss_ = loss
-                return
-            if early:
-                score = self._validation_score(Xv, yv)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                if score < self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best_params = model.flat_params.copy()
+        self.t_ = 0
+        self.n_outputs_ = n_outputs
+        self.n_layers_ = len(hidden) + 2
+        self.out_activation_ = out_activation
+        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        self._model = MLP([n_features, *hidden, n_outputs],
+                          activation=_ACTIVATIONS[self.activation],
+                          output=_OUTPUTS[out_activation], dtype=dtype, seed=seed,
+                          alpha=self.alpha)
+        self._best_params = self._model.flat_params.copy()
+        if hasattr(self, "_optimizer"):
+            del self._optimizer
+        if self.solver in _STOCHASTIC:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
             else:
-                if loss > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                self.best_loss_ = min(self.best_loss_, loss)
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = "Validation score" if early else "Training loss"
-                if self.verbose:
-                    print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-                break
-        else:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                          "and the optimization hasn't converged yet.", ConvergenceWarning,
-                          stacklevel=3)
-        if early and best_params is not None:
-            model.flat_params[...] = best_params
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
 
     def _fit(self, X, y, sample_weight, incremental):
         hidden = self._check_params()
-        first = not hasattr(self, "_model") or (not incremental and not self.warm_start)
-        X, y = self._validate_xy(X, y, reset=first, incremental=incremental)
+        first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        yt = self._encode_y(y, first and not incremental)
+        target, n_out, out_act = self._encode(y)
+        self._random_state = check_random_state(self.random_state)
         if first:
-            self._initialize(X, self._n_out(yt), hidden)
-        else:
-            if self._n_out(yt) != self.n_outputs_:
-                raise ValueError(f"y has {self._n_out(yt)} outputs but the estimator was fitted "
-                                 f"with {self.n_outputs_}")
-            self._sync_settings()
-            self._no_improvement_count = 0
-            if self.early_stopping and not incremental:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-        self._fit_loop(X, yt, sample_weight, incremental)
+            self._initialize(X.shape[1], n_out, hidden, out_act, self._work_dtype(X))
+        elif n_out != self.n_outputs_:
+            raise ValueError(f"y has {n_out} outputs but the estimator was fitted with "
+                             f"{self.n_outputs_}")
+        model = self._model
+        model.alpha = float(self.alpha)
+        X = X.tocsr() if sp.issparse(X) else X
+        X = X.astype(model.dtype, copy=False)
+        try:
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, target, sample_weight)
+            else:
+                self._fit_stochastic(X, y, target, sample_weight, incremental)
+        except DivergenceError as exc:
+            raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The "
+                             "input data may contain large values and need to be "
+                             "preprocessed.") from exc
+        if not np.isfinite(model.flat_params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             "may contain large values and need to be preprocessed.")
         return self
 
-    def _forward(self, X):
-        check_is_fitted(self, "_model")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return self._model.forward(X)
+    def _fit_lbfgs(self, X, target, sample_weight):
+        model = self._model
+        flat = model.flat_params
+        dense = not sp.issparse(X)
+        if dense:
+            data = model._prepare_data(X, target, sample_weight)
+        else:  # checked once; fb.MLP.loss_and_grad takes its checked sparse rows as they are
+            X = model._check_X(X)
+
+        def loss_grad(x):
+            flat[...] = x
+            if dense:
+                loss = model._full_loss_grad(data)
+                return loss, model._grads.astype(np.float64)
+            loss, grads = model.loss_and_grad(X, target, sample_weight=sample_weight)
+            return loss, np.concatenate([a.ravel() for layer in grads for a in layer]) \
+                .astype(np.float64, copy=False)
+
+        res = scipy.optimize.minimize(
+            loss_grad, flat.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                     **_lbfgs_print_options(self.verbose)},
+        )
+        self.n_iter_ = min(int(res.nit), self.max_iter)
+        if res.status != 0:
+            msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                   f"(status={res.status}):\n{res.message}\n")
+            if self.n_iter_ == self.max_iter:
+                msg += ("\nIncrease the number of iterations to improve the convergence "
+                        f"(max_iter={self.max_iter}).")
+            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        self.loss_ = float(res.fun)
+        flat[...] = res.x
+        model._full_ws = model._full_ws_key = None  # do not keep (or pickle) them
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                          "going to be clipped", stacklevel=4)
+        return int(np.clip(self.batch_size, 1, n))
+
+    def _fit_stochastic(self, X, y, target, sample_weight, incremental):
+        model = self._model
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._make_optimizer()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early = self.early_stopping
+        X_val = y_val = sw_val = None
+        if early:
+            if self.validation_fraction == 0:
+                raise ValueError("validation_fraction must be > 0 with early_stopping=True; "
+                                 "got 0")
+            binary = is_classifier(self) and self._label_binarizer.y_type_ == "binary"
+            idx = np.arange(X.shape[0])
+            train, val = train_test_split(idx, random_state=self._random_state,
+                                          test_size=self.validation_fraction,
+                                          stratify=y if binary else None)
+            if val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            X_val, y_val = X[val], y[val]
+            if sample_weight is not None:
+                sw_val = sample_weight[val]
+                sample_weight = sample_weight[train]
+            X, target = X[train], target[train]
+        n = X.shape[0]
+        batch_size = self._batch_size(n)
+        dense = not sp.issparse(X)
+        if dense:
+            data = model._prepare_data(X, target, sample_weight)
+        else:  # checked once: fb.MLP.fit takes its checked sparse rows as they are
+            X = model._check_X(X)
+        opt = self._optimizer
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if dense:
+                    loss = model._run_epoch(data, batch_size, opt, self.shuffle)
+                else:
+                    hist = model.fit(X, target, epochs=1, batch_size=batch_size, optimizer=opt,
+                                     shuffle=self.shuffle, sample_weight=sample_weight)
+                    loss = hist["loss"][0]
+                self.n_iter_ += 1
+                self.loss_ = float(loss)
+                self.t_ += n
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                self._update_no_improvement_count(early, X_val, y_val, sw_val)
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    self._set_learning_rate(float(self.learning_rate_init)
+                                            / (self.t_ + 1) ** self.power_t)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if early else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                    if self._trigger_stopping(msg):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                                  "reached and the optimization hasn't converged yet.",
+                                  ConvergenceWarning, stacklevel=4)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=4)
+        if early:
+            model.flat_params[...] = self._best_params
+
+    def _trigger_stopping(self, msg):
+        """True to stop; with learning_rate="adaptive" (sgd) divide the
+        learning rate by 5 instead, until it is at most 1e-6."""
+        if self.solver != "sgd" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        lr = self._optimizer.lr
+        if lr <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self._set_learning_rate(lr / 5.0)
+        if self.verbose:
+            print(msg + f" Setting learning rate to {self._optimizer.lr:f}")
+        return False
+
+    def _update_no_improvement_count(self, early, X_val, y_val, sw_val):
+        if early:
+            score = self._score_unchecked(X_val, y_val, sw_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = self._model.flat_params.copy()
+        else:
+            last = self.loss_curve_[-1]
+            if last > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, last)
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
+
+    def _outputs(self, X, check_input=True):
+        """Network outputs after the output activation, (n, n_outputs_)."""
+        if check_input:
+            check_is_fitted(self, "_model")
+            X = validate_data(self, X, accept_sparse=_accept_sparse(), reset=False,
+                              dtype=[np.float64, np.float32])
+            if sp.issparse(X):
+                X = X.tocsr()
+        z = self._model.forward(X)
+        if self.out_activation_ == "softmax":
+            z -= z.max(axis=1, keepdims=True)
+            np.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+        elif self.out_activation_ == "logistic":
+            expit(z, out=z)
+        elif self.out_activation_ == "exp":
+            np.exp(z, out=z)
+        return z
+
+    def _score_unchecked(self, X, y, sample_weight):
+        pred = self._predict(X, check_input=False)
+        if np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
+            return np.nan
+        return float(self._score_function(y, pred, sample_weight=sample_weight))
 
     def fit(self, X, y, sample_weight=None):
-        """Fit the model to ``X`` and ``y`` (``max_iter`` epochs at most)."""
-        return self._fit(X, y, sample_weight, incremental=False)
+        """Fit the model to ``X`` and ``y``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights; integer weights act as repeated rows.
+
+        Returns
+        -------
+        self
+        """
+        self._fit(X, y, sample_weight, incremental=False)
+        if hasattr(self, "_model"):  # the epoch workspaces are not kept (nor pickled)
+            self._model._ws = self._model._ws_key = None
+        return self
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.sparse = _sparse_ok()
         return tags
 
 
-def expected_failed_checks(estimator=None):
-    """Checks of ``sklearn.utils.estimator_checks`` these estimators are known
-    to fail, with the reason; pass as ``expected_failed_checks`` to
-    ``check_estimator`` / ``parametrize_with_checks`` (scikit-learn >= 1.6)."""
-    return dict(_XFAIL)
-
-
-_XFAIL = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "stochastic minibatch training: weight 2 is not the same as a duplicated row "
-        "(different batches), as for scikit-learn's own MLP",
-    "check_sample_weight_equivalence_on_sparse_data": "sparse input is not supported",
-}
-
-
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multi-layer perceptron classifier (softmax output, cross-entropy loss).
+    """Multi-layer perceptron classifier trained with fastbp's kernels.
 
-    Parameters follow ``sklearn.neural_network.MLPClassifier``; see the module
-    docstring for the differences.  ``dtype`` picks float32 or float64 work
-    (None: float32 for float32 input, else float64).
+    Parameters and fitted attributes follow
+    ``sklearn.neural_network.MLPClassifier`` (see the module docstring);
+    ``dtype`` picks float32 or float64 work (None: float32 for float32
+    input, else float64).  Multiclass targets get a softmax output, binary
+    targets one logistic unit and multilabel indicator targets one logistic
+    unit per label.
     """
 
-    _output = "softmax"
+    _score_function = staticmethod(accuracy_score)
 
-    def _validate_xy(self, X, y, reset, incremental):
-        X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=_accept_sparse(), multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError("warm_start can only be used where `y` has the same "
+                                     "classes as in the previous call to fit. Previously "
+                                     f"got {self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
+                                 f"has {self.classes_}. 'y' has {classes}.")
         return X, y
 
-    def _encode_y(self, y, new_classes):
-        if new_classes:
-            self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError("MLPClassifier needs samples of at least 2 classes in the data; "
-                             f"got only one class ({self.classes_[0]!r})")
-        unknown = np.setdiff1d(y, self.classes_)
-        if unknown.size:
-            raise ValueError(f"y contains labels not in classes_ {self.classes_!r}: {unknown[:5]!r}; "
-                             "warm_start and partial_fit need the classes of the first call")
-        return np.searchsorted(self.classes_, y).astype(np.int64)
+    def _encode(self, y):
+        """(targets for fb.MLP, n_outputs_, out_activation_)."""
+        lb = self._label_binarizer
+        if lb.y_type_ == "multiclass":  # labels as indices into classes_ (sorted)
+            return np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), \
+                "softmax"
+        Y = lb.transform(y)
+        if _has_sigmoid_output():
+            return Y.astype(np.float64), Y.shape[1], "logistic"
+        if lb.y_type_ == "binary" and len(self.classes_) == 2:
+            # fb.MLP without a sigmoid output: a two-unit softmax, the same model
+            return Y[:, 0].astype(np.int64), 2, "softmax"
+        raise ValueError(f"y of type {lb.y_type_!r} with {len(self.classes_)} class(es) needs "
+                         "fb.MLP(output='sigmoid'), which this fastbp lacks")
 
-    def _n_out(self, yt):
-        return len(self.classes_)
+    def _binary_softmax(self):
+        return self.out_activation_ == "softmax" and self._label_binarizer.y_type_ == "binary"
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """One epoch over ``X``, ``y``; ``classes`` is required on the first call."""
-        if classes is None:
-            if not hasattr(self, "classes_"):
-                raise ValueError("classes must be passed on the first call to partial_fit")
-        elif not hasattr(self, "classes_") or not hasattr(self, "_model"):
-            self.classes_ = np.unique(np.asarray(classes))
-            if hasattr(self, "_model"):
-                del self._model
-        elif not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the classes of the first "
-                             f"partial_fit call, {self.classes_!r}")
-        return self._fit(X, y, sample_weight, incremental=True)
-
-    def predict_proba(self, X):
-        """Class probabilities, shape (n, n_classes) (also (n, 2) for binary)."""
-        z = self._forward(X)
-        z = z - z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
-
-    def predict_log_proba(self, X):
-        """Natural log of ``predict_proba``, computed stably."""
-        z = self._forward(X).astype(np.float64, copy=False)
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    def _predict(self, X, check_input=True):
+        P = self._outputs(X, check_input)
+        if self._binary_softmax():
+            P = P[:, 1]
+        elif self.n_outputs_ == 1:
+            P = P.ravel()
+        return self._label_binarizer.inverse_transform(P)
 
     def predict(self, X):
-        """Predicted class labels, shape (n,)."""
-        z = self._forward(X)
-        return self.classes_[np.argmax(z, axis=1)]
+        """Predicted class labels, shape (n,) (or (n, n_labels) for multilabel)."""
+        check_is_fitted(self)
+        return self._predict(X)
 
-    def _validation_score(self, Xv, yv):
-        return float(np.mean(np.argmax(self._model.forward(Xv), axis=1) == yv))
+    def predict_proba(self, X):
+        """Class probabilities: (n, n_classes), (n, 2) for binary problems,
+        (n, n_labels) for multilabel ones."""
+        check_is_fitted(self)
+        P = self._outputs(X)
+        if self.n_outputs_ == 1:
+            p = P.ravel()
+            return np.vstack([1 - p, p]).T
+        return P
+
+    def predict_log_proba(self, X):
+        """Natural log of ``predict_proba``, computed stably from the logits."""
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=_accept_sparse(), reset=False,
+                          dtype=[np.float64, np.float32])
+        z = self._model.forward(X.tocsr() if sp.issparse(X) else X)
+        if self.out_activation_ == "softmax":
+            z = z - z.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        if self.n_outputs_ == 1:
+            z = z.ravel()
+            return np.vstack([-np.logaddexp(0, z), -np.logaddexp(0, -z)]).T
+        return -np.logaddexp(0, -z)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over ``X``, ``y`` (stochastic solvers only).
+
+        ``classes`` (all labels of all calls) is required on the first call.
+        """
+        first = False
+        if classes is not None:
+            classes = unique_labels(classes)
+        if getattr(self, "classes_", None) is None:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            first = True
+        elif classes is not None and not np.array_equal(self.classes_, classes):
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
+                             f"partial_fit, was: {self.classes_!r}")
+        if first:
+            self.classes_ = classes
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = _has_sigmoid_output()
+        return tags
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor (identity output, half squared error).
 
-    Parameters follow ``sklearn.neural_network.MLPRegressor``; see the module
-    docstring for the differences.
+    Parameters and fitted attributes follow
+    ``sklearn.neural_network.MLPRegressor`` (see the module docstring):
+    ``loss="squared_error"`` (identity output) or ``"poisson"`` (exponential
+    output, Poisson loss, non-negative targets).
     """
 
-    _output = "identity"
+    _parameter_constraints: ClassVar[dict] = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+    _score_function = staticmethod(r2_score)
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=None):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun, dtype=dtype)
+        self.loss = loss
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=_accept_sparse(), multi_output=True,
+                             y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    def _encode(self, y):
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if self.loss == "poisson" and (Y < 0).any():
+            raise ValueError("loss='poisson' needs non-negative y; got minimum "
+                             f"{Y.min()}")
+        return Y, Y.shape[1], "exp" if self.loss == "poisson" else "identity"
+
+    def _predict(self, X, check_input=True):
+        out = self._outputs(X, check_input)
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def predict(self, X):
+        """Predictions, shape (n,) for one output, else (n, n_outputs)."""
+        check_is_fitted(self)
+        return self._predict(X)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``X``, ``y``, continuing from the current state
+        (stochastic solvers only)."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
-
-    def _validate_xy(self, X, y, reset, incremental):
-        X, y = validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,
-                             dtype=[np.float64, np.float32])
-        if reset:
-            self._y_1d = y.ndim == 1
-        return X, y
-
-    def _encode_y(self, y, new_classes):
-        return y.reshape(-1, 1) if y.ndim == 1 else y
-
-    def _n_out(self, yt):
-        return yt.shape[1]
-
-    def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over ``X``, ``y``, continuing from the current state."""
-        return self._fit(X, y, sample_weight, incremental=True)
-
-    def predict(self, X):
-        """Predictions, shape (n,) when fitted on 1-D ``y``, else (n, n_outputs)."""
-        z = self._forward(X)
-        return z[:, 0].copy() if self._y_1d else z
-
-    def _validation_score(self, Xv, yv):
-        p = self._model.forward(Xv).astype(np.float64)
-        t = yv.astype(np.float64)
-        ss_res = ((t - p) ** 2).sum(0)
-        ss_tot = ((t - t.mean(0)) ** 2).sum(0)
-        return float(np.mean(1 - ss_res / np.where(ss_tot == 0, 1, ss_tot)))

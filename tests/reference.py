@@ -171,10 +171,11 @@ def unflatten(flat, widths):
 
 
 def mlp_loss_grad(flat, widths, hidden, output, X, y, alpha=0.0, sample_weight=None):
-    """Loss (L2 term alpha/(2n) sum W**2 included) and flat gradient."""
+    """Loss (L2 term alpha/(2n) sum W**2 included, n the row count or the
+    total sample weight, as scikit-learn) and flat gradient."""
     layers = unflatten(flat, widths)
     X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
+    n = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
     names = [hidden] * (len(layers) - 1) + ["identity"]
     hs = [X]
     for (W, b), name in zip(layers, names):

@@ -14,6 +14,7 @@ CASES = [
     ("numpy_to_fastbp.py", [], None),
     ("sklearn_pipeline.py", [], "sklearn"),
     ("sklearn_speed.py", ["3"], "sklearn"),
+    ("sklearn_fit_time.py", ["--rounds", "1", "--max-iter", "2"], "sklearn"),
     ("benchmark_vs_numpy_torch.py", ["--batch", "32", "--hidden", "32", "--repeats", "3"], None),
 ]
 

@@ -36,7 +36,7 @@ def ref_bce(z, Y, sample_weight=None):
 def ref_mlp(flat, widths, hidden, X, Y, alpha=0.0, sample_weight=None):
     """Loss (L2 term included) and flat gradient of a sigmoid-output MLP."""
     layers = ref.unflatten(flat, widths)
-    n = X.shape[0]
+    n = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))  # L2 divisor
     names = [hidden] * (len(layers) - 1) + ["identity"]
     hs = [np.asarray(X, dtype=np.float64)]
     for (W, b), name in zip(layers, names):

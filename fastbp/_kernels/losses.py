@@ -229,3 +229,31 @@ def sigmoid_xent(z, t, w, dz):
         if wrong == 0:
             correct += 1
     return loss, correct
+
+
+@njit(**JIT)
+def poisson_log_link(z, t, w, dz):
+    """Poisson loss with a log link (scikit-learn's ``loss="poisson"``).
+
+    z (n, k) outputs before the exponential, t (n, k) non-negative targets,
+    w (n,) row weights, dz (n, k) output (may alias z).  With mu = exp(z),
+    Loss_i = sum_j t log(t / mu) - t + mu (the half Poisson deviance, 0 when
+    mu == t; t log t taken as 0 at t == 0) and the gradient w_i * (mu - t).
+    Returns sum_i w_i * Loss_i.
+    """
+    n, k = z.shape
+    zero = z.dtype.type(0)
+    loss = zero
+    for i in range(n):
+        zi = z[i]
+        ti = t[i]
+        di = dz[i]
+        acc = zero
+        for j in range(k):
+            mu = np.exp(zi[j])
+            y = ti[j]
+            tlogt = y * np.log(y) if y > zero else zero
+            acc += tlogt - y * zi[j] - y + mu
+            di[j] = w[i] * (mu - y)
+        loss += w[i] * acc
+    return loss

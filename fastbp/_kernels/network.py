@@ -25,6 +25,7 @@ from .config import JIT
 from .dense import dense_forward
 from .losses import (
     half_squared_error,
+    poisson_log_link,
     row_weights,
     sigmoid_xent,
     softmax_xent_labels,
@@ -36,6 +37,7 @@ XENT_LABELS = 0
 XENT_TARGETS = 1
 SQUARED_ERROR = 2
 SIGMOID_XENT = 3
+POISSON = 4
 
 # The mid-level functions below are inlined into their callers at the Numba
 # IR level: each is then optimised once, inside train_epoch, instead of once on
@@ -91,6 +93,8 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
         loss, correct = softmax_xent_targets(out, y_f, w, dz)
     elif loss_kind == SIGMOID_XENT:
         loss, correct = sigmoid_xent(out, y_f, w, dz)
+    elif loss_kind == POISSON:
+        loss = poisson_log_link(out, y_f, w, dz)
     else:
         loss = half_squared_error(out, y_f, w, dz)
     return loss, correct
@@ -146,6 +150,20 @@ def backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b):
     return params.dtype.type(0.5) * reg * l2
 
 
+@njit(**JIT_INLINE)
+def l2_alpha(alpha, m, sw):
+    """The alpha to hand to ``backward`` so that its ``alpha / m`` becomes
+    ``alpha / (total row weight)`` when sample weights ``sw`` are given
+    (scikit-learn divides the L2 term by the sum of the sample weights,
+    which makes a weight of 2 equal to a repeated row)."""
+    if sw.size == 0 or alpha == 0.0:
+        return alpha
+    s = 0.0
+    for i in range(sw.size):
+        s += sw[i]
+    return alpha * m / s
+
+
 @njit(**JIT)
 def loss_and_grad(
     params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
@@ -156,7 +174,8 @@ def loss_and_grad(
     (loss, n_correct)."""
     loss, correct = forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw,
                                  acts, delta_a, rw)
-    l2 = backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
+    l2 = backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
+                  delta_a, delta_b)
     return loss + l2, correct
 
 
@@ -179,7 +198,8 @@ def train_step(
                            delta_a, rw)
     if not np.isfinite(loss):
         return 1, loss, c, step
-    loss += backward(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b)
+    loss += backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
+                     delta_a, delta_b)
     if not np.isfinite(loss):  # the L2 term overflowed
         return 1, loss, c, step
     status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)

@@ -29,7 +29,15 @@ from numba import njit
 from .activations import bias_activation, delta_in_place
 from .blas import matmul
 from .config import JIT
-from .network import JIT_INLINE, XENT_LABELS, backward, forward, forward_loss, view2d
+from .network import (
+    JIT_INLINE,
+    XENT_LABELS,
+    backward,
+    forward,
+    forward_loss,
+    l2_alpha,
+    view2d,
+)
 from .optim import apply_update, check_update
 
 
@@ -201,8 +209,8 @@ def loss_and_grad_sparse(params, grads, widths, codes, loss_kind, alpha,
     Returns (loss, n_correct)."""
     loss, correct, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices,
                                             indptr, y_int, y_f, sw, acts, delta_a, rw)
-    l2 = backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, h1,
-                         acts, delta_a, delta_b)
+    l2 = backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
+                         data, indices, indptr, h1, acts, delta_a, delta_b)
     return loss + l2, correct
 
 
@@ -218,8 +226,8 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
                                       y_int, y_f, sw, acts, delta_a, rw)
     if not np.isfinite(loss):
         return 1, loss, c, step
-    loss += backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, h1,
-                            acts, delta_a, delta_b)
+    loss += backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
+                            data, indices, indptr, h1, acts, delta_a, delta_b)
     if not np.isfinite(loss):  # the L2 term overflowed
         return 1, loss, c, step
     status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)
