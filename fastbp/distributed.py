@@ -11,8 +11,8 @@ Every rank passes its own shard of the rows.  The contract (docs/distributed.md)
   one ``Allreduce`` (sum) of the flat gradient buffer, with the totals as
   extra elements, combines them; every rank then divides by the global total,
   adds the L2 term ``alpha / total * W`` and applies the same optimizer
-  update (checked first: a non-finite update writes nothing).  So one step equals one process's step over the union of the
-  ranks' step-t batches.
+  update (checked first: a non-finite update writes nothing).  So one step
+  equals one process's step over the union of the ranks' step-t batches.
 * Every rank runs the same number of steps per epoch, the largest over the
   ranks; a rank whose shard is exhausted contributes no rows (zeros).
 * With ``shuffle=True``, at each epoch rank 0 draws a 63-bit integer ``s``

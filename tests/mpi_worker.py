@@ -176,6 +176,11 @@ def bad_input(out):
         m.fit(X[part], y[part], comm="COMM_WORLD")
     except TypeError as exc:
         save(out, "bad_comm", m, error=exc)
+    try:  # an output the data-parallel step has no loss branch for
+        fb.MLP([6, 7, 5, 3], output="exp", dtype="float64").fit(
+            X[part], np.abs(X[part][:, :3]), epochs=1, batch_size=4, comm=comm)
+    except ValueError as exc:
+        save(out, "bad_output", m, error=exc)
 
 
 SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, multilabel, shuffled, checkpoint,

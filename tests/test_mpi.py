@@ -218,6 +218,10 @@ def test_bad_input_on_one_rank_raises_on_every_rank(runs):
     for r in range(2):
         info = result(runs[2], "bad_comm", r)[1]
         assert info["error_type"] == "TypeError" and "comm must be an mpi4py" in info["error"]
+        info = result(runs[2], "bad_output", r)[1]
+        assert info["error_type"] == "ValueError"
+        assert "supports softmax, sigmoid and identity outputs" in info["error"]
+        assert "'exp'" in info["error"]
 
 
 def test_cli_trains_on_shards_under_mpiexec(tmp_path):
