@@ -574,9 +574,9 @@ def output_epochs(repeats, dtype="float32", widths=(64, 128, 10), n=2048, batch=
 # kernels naively waits for).
 
 _START_CLOCKS = "import time as _t\n_w0 = _t.perf_counter(); _c0 = _t.process_time()\n"
-_REPORT = "print(_t.perf_counter() - _w0, _t.process_time() - _c0)\n"
+STARTUP_REPORT = "print(_t.perf_counter() - _w0, _t.process_time() - _c0)\n"
 
-STARTUP_IMPORT_NUMBA = _START_CLOCKS + "import numba\n" + _REPORT
+STARTUP_IMPORT_NUMBA = _START_CLOCKS + "import numba\n" + STARTUP_REPORT
 
 #: import fastbp and the first fit of a float32 ReLU 64-128-10 network
 STARTUP_FIRST_FIT = _START_CLOCKS + """
@@ -587,7 +587,7 @@ X = rng.standard_normal((256, 64)).astype(np.float32)
 y = rng.integers(0, 10, 256)
 m = fb.MLP([64, 128, 10], activation="relu", dtype="float32", seed=0)
 m.fit(X, y, epochs=1, batch_size=32, optimizer=fb.SGD(lr=0.01, momentum=0.9))
-""" + _REPORT
+""" + STARTUP_REPORT
 
 #: after the first fit, each fit that needs something new, timed on its own
 STARTUP_EXTRAS = STARTUP_FIRST_FIT + """
@@ -686,7 +686,7 @@ y = rng.integers(0, 10, 32)
 _w0 = _t.perf_counter(); _c0 = _t.process_time()
 step(x, y, W1, b1, W2, b2, np.zeros_like(W1), np.zeros_like(b1), np.zeros_like(W2),
      np.zeros_like(b2), f(0.01), f(0.9))
-''' + _REPORT
+''' + STARTUP_REPORT
 
 #: the floor of any warm start through Numba's cache: one trivial cached
 #: @njit function loaded from the cache (Numba's typing and target set-up)
@@ -695,7 +695,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from fastbp_trivial import one
 one(1)
-""" + _REPORT
+""" + STARTUP_REPORT
 
 STARTUP_KEYS = ("import numba", "naive step, cold", "fastbp, cold", "fastbp, warm",
                 "trivial @njit, warm")
@@ -745,7 +745,7 @@ def startup_report(rounds=3, extras=True):
             out["import numba"].append(_run_timed(STARTUP_IMPORT_NUMBA, env)[:2])
             out["naive step, cold"].append(_run_timed(STARTUP_NAIVE_STEP, env)[:2])
             if extras:
-                _, _, lines = _run_timed(STARTUP_EXTRAS + _REPORT, cenv)
+                _, _, lines = _run_timed(STARTUP_EXTRAS + STARTUP_REPORT, cenv)
                 out["extras"].append(json.loads(lines[-2].split(" ", 1)[1]))
                 out["fastbp, cold"].append(tuple(float(t) for t in lines[0].split()))
             else:

@@ -77,6 +77,16 @@ def test_asv_timeraw_sources_compile():
             compile(getattr(obj, meth)(), meth, "exec")
 
 
+def test_asv_timeraw_sources_print_nothing():
+    """asv's timeraw reads the script's stdout as the measured time: a script
+    that prints its own timings fails every round (seen in CI)."""
+    from asv_benchmarks.bench_startup import StartupSuite
+    obj = StartupSuite()
+    for meth in dir(obj):
+        if meth.startswith("timeraw_"):
+            assert "print(" not in getattr(obj, meth)(), meth
+
+
 def test_asv_sparse_suite_runs_tiny(monkeypatch):
     from asv_benchmarks.bench_sparse import SparseFitSuite
     monkeypatch.setattr(SparseFitSuite, "n_rows", 250)
