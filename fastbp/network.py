@@ -751,17 +751,7 @@ class MLP:
         w = np.empty(n, dtype=self.dtype)
         _loss.row_weights(n, sw, w)
         dz = np.empty_like(z)
-        correct = 0
-        if kind == _net.XENT_LABELS:
-            loss, correct = _loss.softmax_xent_labels(z, y_int, w, dz)
-        elif kind == _net.XENT_TARGETS:
-            loss, correct = _loss.softmax_xent_targets(z, y_f, w, dz)
-        elif kind == _net.SIGMOID_XENT:
-            loss, correct = _loss.sigmoid_xent(z, y_f, w, dz)
-        elif kind == _net.POISSON:
-            loss = _loss.poisson_log_link(z, y_f, w, dz)
-        else:
-            loss = _loss.half_squared_error(z, y_f, w, dz)
+        loss, correct = _net.output_loss(kind, z, y_int, y_f, w, dz)
         scores = {"loss": float(loss)}
         if self.output in CLASSIFIER_OUTPUTS:
             if sw.size and kind == _net.SIGMOID_XENT:

@@ -23,13 +23,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT
-from .losses import (
-    half_squared_error,
-    sigmoid_xent,
-    softmax_xent_labels,
-    softmax_xent_targets,
-)
-from .network import SIGMOID_XENT, XENT_LABELS, XENT_TARGETS, backward, forward, view2d
+from .network import XENT_LABELS, backward, forward, output_loss, view2d
 from .optim import apply_update, check_update
 
 WEIGHT = 0
@@ -85,15 +79,7 @@ def local_sums(
             total += 1.0
     out = forward(params, widths, codes, xv, acts)
     dz = view2d(delta_a, 0, m, dl)
-    correct = 0
-    if loss_kind == XENT_LABELS:
-        loss, correct = softmax_xent_labels(out, yb_int[:m], w, dz)
-    elif loss_kind == XENT_TARGETS:
-        loss, correct = softmax_xent_targets(out, yf, w, dz)
-    elif loss_kind == SIGMOID_XENT:
-        loss, correct = sigmoid_xent(out, yf, w, dz)
-    else:
-        loss = half_squared_error(out, yf, w, dz)
+    loss, correct = output_loss(loss_kind, out, yb_int[:m], yf, w, dz)
     if np.isfinite(loss):
         backward(params, gbuf[:P], widths, codes, 0.0, xv, acts, delta_a, delta_b)
     t = gbuf.dtype.type

@@ -73,6 +73,54 @@ def forward(params, widths, codes, x, acts):
 
 
 @njit(**JIT_INLINE)
+def output_loss(loss_kind, z, y_int, y_f, w, dz):
+    """The output loss ``loss_kind`` of the logits z (m, d_L) with row
+    weights w (m,): XENT_LABELS reads y_int (m,), the others y_f (m, d_L).
+    Writes the gradient with respect to z into dz (m, d_L) and returns
+    (sum_i w_i loss_i, n_correct); n_correct is 0 for regression.  The one
+    table of losses that forward_loss, distributed.local_sums and
+    MLP.evaluate share.
+    """
+    correct = 0
+    if loss_kind == XENT_LABELS:
+        loss, correct = softmax_xent_labels(z, y_int, w, dz)
+    elif loss_kind == XENT_TARGETS:
+        loss, correct = softmax_xent_targets(z, y_f, w, dz)
+    elif loss_kind == SIGMOID_XENT:
+        loss, correct = sigmoid_xent(z, y_f, w, dz)
+    elif loss_kind == POISSON:
+        loss = poisson_log_link(z, y_f, w, dz)
+    else:
+        loss = half_squared_error(z, y_f, w, dz)
+    return loss, correct
+
+
+@njit(**JIT_INLINE)
+def gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f, swb, dl):
+    """Copy the targets and sample weights of the rows ``perm[start:start + m]``
+    into the batch buffers (dl = d_L); returns (y_f rows (m, d_L) view of yb_f, or an
+    empty one for XENT_LABELS; sample-weight view (m,), empty when sw is).
+    Shared by the dense and sparse epoch kernels."""
+    yf = view2d(yb_f, 0, 0, dl)
+    if loss_kind == XENT_LABELS:
+        for r in range(m):
+            yb_int[r] = y_int[perm[start + r]]
+    else:
+        yf = view2d(yb_f, 0, m, dl)
+        for r in range(m):
+            ys = y_f[perm[start + r]]
+            yr = yf[r]
+            for j in range(dl):
+                yr[j] = ys[j]
+    swv = swb[:0]
+    if sw.size > 0:
+        swv = swb[:m]
+        for r in range(m):
+            swv[r] = sw[perm[start + r]]
+    return yf, swv
+
+
+@njit(**JIT_INLINE)
 def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_buf, rw):
     """Forward pass and loss of the batch x (m, d_0), without the L2 term.
 
@@ -86,18 +134,7 @@ def forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts, dz_b
     row_weights(m, sw, rw)
     w = rw[:m]
     dz = view2d(dz_buf, 0, m, widths[widths.size - 1])
-    correct = 0
-    if loss_kind == XENT_LABELS:
-        loss, correct = softmax_xent_labels(out, y_int, w, dz)
-    elif loss_kind == XENT_TARGETS:
-        loss, correct = softmax_xent_targets(out, y_f, w, dz)
-    elif loss_kind == SIGMOID_XENT:
-        loss, correct = sigmoid_xent(out, y_f, w, dz)
-    elif loss_kind == POISSON:
-        loss = poisson_log_link(out, y_f, w, dz)
-    else:
-        loss = half_squared_error(out, y_f, w, dz)
-    return loss, correct
+    return output_loss(loss_kind, out, y_int, y_f, w, dz)
 
 
 @njit(**JIT_INLINE)
@@ -230,7 +267,6 @@ def train_epoch(
     n = perm.size
     d0 = widths[0]
     dl = widths[widths.size - 1]
-    use_w = sw.size > 0
     loss_sum = 0.0
     correct = 0
     nb = (n + batch_size - 1) // batch_size
@@ -244,22 +280,8 @@ def train_epoch(
             Xs = X[src]
             for j in range(d0):
                 xr[j] = Xs[j]
-        yf = view2d(yb_f, 0, 0, dl)
-        if loss_kind == XENT_LABELS:
-            for r in range(m):
-                yb_int[r] = y_int[perm[start + r]]
-        else:
-            yf = view2d(yb_f, 0, m, dl)
-            for r in range(m):
-                ys = y_f[perm[start + r]]
-                yr = yf[r]
-                for j in range(dl):
-                    yr[j] = ys[j]
-        swv = swb[:0]
-        if use_w:
-            swv = swb[:m]
-            for r in range(m):
-                swv[r] = sw[perm[start + r]]
+        yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
+                                 swb, dl)
         status, loss, c, step = train_step(
             params, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
             opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,

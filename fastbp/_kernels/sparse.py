@@ -31,10 +31,10 @@ from .blas import matmul
 from .config import JIT
 from .network import (
     JIT_INLINE,
-    XENT_LABELS,
     backward,
     forward,
     forward_loss,
+    gather_targets,
     l2_alpha,
     view2d,
 )
@@ -254,7 +254,6 @@ def train_epoch_sparse(
     """
     n = perm.size
     dl = widths[widths.size - 1]
-    use_w = sw.size > 0
     loss_sum = 0.0
     correct = 0
     last = params.dtype.type(0)
@@ -263,22 +262,8 @@ def train_epoch_sparse(
         start = bi * batch_size
         m = min(batch_size, n - start)
         gather_rows(data, indices, indptr, perm[start:start + m], bdata, bindices, bindptr)
-        yf = view2d(yb_f, 0, 0, dl)
-        if loss_kind == XENT_LABELS:
-            for r in range(m):
-                yb_int[r] = y_int[perm[start + r]]
-        else:
-            yf = view2d(yb_f, 0, m, dl)
-            for r in range(m):
-                ys = y_f[perm[start + r]]
-                yr = yf[r]
-                for j in range(dl):
-                    yr[j] = ys[j]
-        swv = swb[:0]
-        if use_w:
-            swv = swb[:m]
-            for r in range(m):
-                swv[r] = sw[perm[start + r]]
+        yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
+                                 swb, dl)
         status, loss, c, step = train_step_sparse(
             params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
             yb_int[:m], yf, swv, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
