@@ -25,6 +25,8 @@ Python, so its results do not depend on the context it was compiled in.
 
 import ctypes
 import importlib
+import inspect
+import traceback
 
 import llvmlite.binding as ll
 from llvmlite import ir
@@ -111,14 +113,37 @@ def _address(slot):
     return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
 
 
-@ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
-def _resolve(slot):
-    """Fill ``_TABLE[slot]`` (called from compiled code, holding the GIL
-    through ctypes).  Returns the address, or 0 when compiling failed (the
-    exception is printed by ctypes; the caller then raises RuntimeError)."""
+def resolve(slot):
+    """Fill ``_TABLE[slot]`` if empty and return its address."""
     if not _TABLE[slot]:
         _TABLE[slot] = _address(slot)
     return _TABLE[slot]
+
+
+@ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
+def _resolve(slot):
+    """``resolve`` for compiled code (ctypes takes the GIL for the call).
+    An exception cannot cross into compiled code: it is printed and 0
+    returned, and the caller raises RuntimeError naming the kernel."""
+    try:
+        return resolve(slot)
+    except BaseException:  # noqa: BLE001 (reported here, raised by the caller)
+        traceback.print_exc()
+        return 0
+
+
+def compile_all(dtype):
+    """Compile (or load from the cache) every leaf for the float type
+    ``dtype`` (a Numba type in DTYPES) and fill its slots, so that no later
+    call compiles one (``fastbp.prepare``)."""
+    j = DTYPES.index(dtype)
+    for k in range(len(_LEAVES)):
+        resolve(k * len(DTYPES) + j)
+
+
+def slot_filled(leaf, dtype):
+    """Whether ``leaf`` is linked for ``dtype`` in this process."""
+    return bool(_TABLE[_LEAVES.index(leaf) * len(DTYPES) + DTYPES.index(dtype)])
 
 
 ll.add_symbol(_TABLE_SYMBOL, ctypes.addressof(_TABLE))
@@ -180,13 +205,17 @@ def linked(leaf):
 
         return signature(ret, *args), codegen
 
-    # Numba's intrinsic takes the typer's parameters as the call's; a typer
-    # with *args would receive one tuple, so one with the leaf's arity is made.
+    def call(typingctx, *args):
+        return typer(typingctx, args)
+
+    # Numba folds a call's arguments with the typer's Python signature; one
+    # with *args would receive a single tuple, so the leaf's arity is declared.
     arity = len(signature_of(leaf, DTYPES[0])[0])
-    params = ", ".join(f"a{i}" for i in range(arity))
-    scope = {"typer": typer}
-    exec(f"def {name}(typingctx, {params}):\n    return typer(typingctx, ({params},))", scope)
-    return intrinsic(scope[name])
+    pos = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, pos) for n in ["typingctx", *(f"a{i}" for i in range(arity))]])
+    call.__name__ = call.__qualname__ = name
+    return intrinsic(call)
 
 
 def _same(actual, wanted):
