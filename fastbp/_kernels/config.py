@@ -28,7 +28,7 @@ FASTMATH = {"nsz"}
 # Adam's betas < 1), and a non-finite result is caught by the finiteness
 # checks of training.  Without the raising branches the first compile took
 # ~7 % less CPU (10.98 -> 10.18 s, fastbp bench --startup, 2 rounds).
-JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
+JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH, "error_model": "numpy", "no_cfunc_wrapper": True}
 
 # For small kernels with one call site in the training path: their Numba IR is
 # copied into the caller, so they are neither compiled on their own nor
