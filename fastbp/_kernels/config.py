@@ -33,7 +33,13 @@ FASTMATH = {"nsz"}
 # first-class value or a ctypes callback, which fastbp never does (its
 # leaves are linked through their native Numba entry, linking.py).  First
 # fit 6.25 -> 5.2 s CPU (medians of 4 interleaved cold runs).
-JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH, "error_model": "numpy", "no_cfunc_wrapper": True}
+JIT = {
+    "nogil": True,
+    "cache": True,
+    "fastmath": FASTMATH,
+    "error_model": "numpy",
+    "no_cfunc_wrapper": True,
+}
 
 # For small kernels with one call site in the training path: their Numba IR is
 # copied into the caller, so they are neither compiled on their own nor
