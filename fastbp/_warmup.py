@@ -120,6 +120,12 @@ def _exercise(dt, what):
     m.predict_proba(x)
     m.train_on_batch(x, y, optimizer="adam")
     m.loss_and_grad(x, y)
+    # every loss and optimizer loop, which the calls above link only as used
+    from numba import from_dtype
+
+    from ._kernels import linking
+
+    linking.compile_all(from_dtype(np.dtype(dt)))
 
 
 def prepare(dtypes=("float32", "float64"), what="all", verbose=False, file=None):

@@ -27,14 +27,19 @@ cache files of this package in ``CACHE_DIR`` are dropped.
 
 Adding a kernel (what keeps the first compile short)
 ----------------------------------------------------
-The first ``fit`` in a fresh environment compiles ``train_epoch`` and
-everything it calls; Numba optimises each function on its own and then again
-inside every caller it is linked into, and type inference of one huge
-function grows faster than its size.  Measured on 2 shared cores
-(``fastbp bench --startup``), the layout that pays is:
+The first ``fit`` in a fresh environment compiles ``train_epoch`` and what it
+calls.  Numba copies a callee's LLVM IR into every caller and optimises the
+whole module again, and type inference of one huge function grows faster
+than its size.  Measured on 2 shared cores (``fastbp bench --startup``), the
+layout that pays is:
 
-* a kernel with real loops (activations, losses, optimizer updates, the
-  epoch) is a plain ``@njit(**JIT)`` function, compiled once per dtype;
+* a kernel with real loops (activations, losses, optimizer updates and
+  checks) is a plain ``@njit(**JIT)`` function, compiled once per dtype, and
+  is called from other kernels through ``linking.linked("module.function")``
+  with its signature declared in ``linking._SPECS``: callers hold an
+  indirect call, not its body, and the leaf is compiled (or loaded from the
+  cache) only when first called (docs/performance.md, "Leaves linked on
+  first use");
 * a small glue function with one or two call sites on the training path
   (``matmul``, ``dense_forward``, ``all_finite``, ``apply_update``,
   ``view2d``, ``forward_loss``, ``backward``, ``train_step``) is

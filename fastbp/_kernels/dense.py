@@ -6,9 +6,12 @@ C-contiguous array is passed to BLAS as a transposed operand with no copy.
 
 from numba import njit
 
-from .activations import bias_activation, delta_in_place
 from .blas import matmul
 from .config import JIT, JIT_INLINE
+from .linking import linked
+
+bias_activation = linked("activations.bias_activation")
+delta_in_place = linked("activations.delta_in_place")
 
 
 @njit(**JIT_INLINE)

@@ -19,19 +19,19 @@ Nothing here allocates except the reshape views, which are free.
 import numpy as np
 from numba import njit
 
-from .activations import delta_in_place
 from .blas import matmul
 from .config import JIT
 from .dense import dense_forward
-from .losses import (
-    half_squared_error,
-    poisson_log_link,
-    row_weights,
-    sigmoid_xent,
-    softmax_xent_labels,
-    softmax_xent_targets,
-)
+from .linking import linked
 from .optim import apply_update, check_update
+
+delta_in_place = linked("activations.delta_in_place")
+half_squared_error = linked("losses.half_squared_error")
+poisson_log_link = linked("losses.poisson_log_link")
+row_weights = linked("losses.row_weights")
+sigmoid_xent = linked("losses.sigmoid_xent")
+softmax_xent_labels = linked("losses.softmax_xent_labels")
+softmax_xent_targets = linked("losses.softmax_xent_targets")
 
 XENT_LABELS = 0
 XENT_TARGETS = 1

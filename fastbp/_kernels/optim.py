@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT, JIT_INLINE
+from .linking import linked
 
 SGD = 0
 ADAM = 1
@@ -208,13 +209,21 @@ def adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     return BAD_UPDATE if bad_u else UPDATE_OK
 
 
+# The dispatchers below call the loops through the table of linking.py: each
+# loop is compiled once, on its own, when first used.
+_sgd_check = linked("optim.sgd_check")
+_sgd_update = linked("optim.sgd_update")
+_adam_check = linked("optim.adam_check")
+_adam_update = linked("optim.adam_update")
+
+
 @njit(**JIT_INLINE)
 def check_update(kind, p, g, s1, s2, hp, step):
     """Status (UPDATE_OK, BAD_GRADIENT, BAD_UPDATE) of the update
     ``apply_update`` would make with the same arguments; writes nothing."""
     if kind == ADAM:
-        return adam_check(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
-    return sgd_check(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
+        return _adam_check(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
+    return _sgd_check(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
 
 
 @njit(**JIT_INLINE)
@@ -223,6 +232,6 @@ def apply_update(kind, p, g, s1, s2, hp, step):
     dampening, weight_decay, nesterov]; Adam [lr, beta1, beta2, eps,
     weight_decay].  ``step`` is the 1-based update count (Adam)."""
     if kind == ADAM:
-        adam_update(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
+        _adam_update(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
     else:
-        sgd_update(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
+        _sgd_update(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)

@@ -26,9 +26,9 @@ and the dense kernels are not changed by them.
 import numpy as np
 from numba import njit
 
-from .activations import bias_activation, delta_in_place
 from .blas import matmul
 from .config import JIT
+from .dense import bias_activation, delta_in_place
 from .network import (
     JIT_INLINE,
     backward,

@@ -1,0 +1,139 @@
+"""Leaf kernels called through the table of ``_kernels/linking.py``.
+
+The declared signatures must be exactly what Numba compiles (a mismatch
+would call a leaf with the wrong argument layout), a first ``fit`` must
+compile only the leaves it uses, a cached caller must find its leaves again
+in a new process, and a leaf that cannot be compiled must surface as a
+Python exception, not a crash.  The numerics of every leaf are covered by
+the reference tests of the layer, loss and optimizer files, which call
+through the same table.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import errors, njit
+
+from fastbp._kernels import linking
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("dtype", linking.DTYPES, ids=str)
+def test_declared_signatures_are_what_numba_compiles(dtype):
+    # _address raises TypeError when the compiled return type differs from
+    # the declared one, and compiling with the declared argument types fails
+    # when they are not the leaf's.
+    linking.compile_all(dtype)
+    for leaf in linking._LEAVES:
+        assert linking.slot_filled(leaf, dtype)
+        args, ret = linking.signature_of(leaf, dtype)
+        cres = linking.dispatcher(leaf).overloads[args]
+        assert cres.signature.return_type == ret
+        assert cres.signature.args == args
+
+
+def test_linked_call_matches_direct_call():
+    from fastbp._kernels import losses
+
+    linked = linking.linked("losses.softmax_xent_labels")
+
+    @njit
+    def through_table(z, y, w, dz):
+        return linked(z, y, w, dz)
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 3))
+    y = np.array([0, 2, 1, 1, 0])
+    w = np.full(5, 0.2)
+    d1, d2 = np.empty_like(z), np.empty_like(z)
+    assert through_table(z, y, w, d1) == losses.softmax_xent_labels(z, y, w, d2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_linked_call_with_other_types_is_a_typing_error():
+    linked = linking.linked("losses.row_weights")
+
+    @njit
+    def bad(out):
+        linked(3, np.zeros(3, np.float32), out)  # sample weights must be float64
+
+    with pytest.raises(errors.TypingError, match="linked row_weights: no signature"):
+        bad(np.zeros(3, np.float32))
+
+
+def test_failed_leaf_compile_raises_runtime_error(monkeypatch, capfd):
+    # A caller compiled before the failure, then a slot that cannot be filled.
+    linked = linking.linked("losses.half_squared_error")
+
+    @njit
+    def call(p, t, w, dp):
+        return linked(p, t, w, dp)
+
+    a = np.zeros((2, 2), np.float32)
+    w = np.ones(2, np.float32)
+    call(a, a, w, a.copy())
+    slot = linking._LEAVES.index("losses.half_squared_error") * len(linking.DTYPES)
+    saved = linking._TABLE[slot]
+
+    def fail(slot):
+        raise OSError("simulated compile failure")
+
+    monkeypatch.setattr(linking, "_address", fail)
+    linking._TABLE[slot] = None
+    try:
+        with pytest.raises(RuntimeError, match="compiling the kernel half_squared_error failed"):
+            call(a, a, w, a.copy())
+        assert "simulated compile failure" in capfd.readouterr().err
+    finally:
+        linking._TABLE[slot] = saved
+
+
+_FIRST_FIT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import fastbp as fb
+    from fastbp._kernels import linking
+    from numba import types
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    m = fb.MLP([5, 8, 3], dtype="float32", seed=0)
+    m.fit(X, y, epochs=2, batch_size=16, optimizer=fb.SGD(lr=0.1, momentum=0.9))
+    print(json.dumps({
+        "linked": sorted(leaf for leaf in linking._LEAVES
+                         if linking.slot_filled(leaf, types.float32)),
+        "compiled": sorted(leaf for leaf in linking._LEAVES
+                           if linking.dispatcher(leaf).overloads),
+        "params": m.flat_params.tolist(),
+    }))
+    """
+)
+
+
+def _first_fit(cache):
+    env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_CACHE_DIR=str(cache),
+               OPENBLAS_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", _FIRST_FIT], env=env, capture_output=True,
+                         text=True, check=False, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path):
+    used = ["activations.bias_activation", "activations.delta_in_place",
+            "losses.row_weights", "losses.softmax_xent_labels", "optim.sgd_check",
+            "optim.sgd_update"]
+    cold = _first_fit(tmp_path)
+    assert cold["linked"] == used
+    assert cold["compiled"] == used  # no other loss, no Adam, no float64
+    # a new process: train_epoch comes from the cache and finds its leaves again
+    warm = _first_fit(tmp_path)
+    assert warm["linked"] == used
+    assert warm["params"] == cold["params"]
