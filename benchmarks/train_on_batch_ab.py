@@ -5,7 +5,7 @@ more fastbp source trees, interleaved in one run.
 
 Each tree runs in a worker process of its own (PYTHONPATH=tree,
 OPENBLAS_NUM_THREADS=1, NUMBA_NUM_THREADS=1); the parent asks them in turn,
-rotating which goes first, to time each configuration (min over 5 runs of
+rotating which goes first, to time each configuration (min over ``REPEATS`` runs of
 ``CALLS`` calls, per call), and prints per configuration the median per-call
 time of each tree and the median of the per-round ratios against the first
 tree.  For ``train_on_batch`` each worker also times the compiled step alone
@@ -26,7 +26,8 @@ import subprocess
 import sys
 import time
 
-CALLS = 2000
+CALLS = 1000
+REPEATS = 9
 CFGS = {
     "train_on_batch 64-128-10 b32 f32 sgd": ("tob", "sgd"),
     "train_on_batch 64-128-10 b32 f32 adam": ("tob", "adam"),
@@ -76,7 +77,7 @@ def worker(clock):
             print("null", flush=True)
             continue
         best = [float("inf"), float("inf")]
-        for _ in range(5):  # the call and its kernel alone, alternating
+        for _ in range(REPEATS):  # the call and its kernel alone, alternating
             for j, fn in enumerate(fns):
                 if fn is None:
                     continue
@@ -131,7 +132,8 @@ def main(trees, rounds=11, wall=False):
             if kernel[(c, i)]:
                 over = [a - b for a, b in zip(times[(c, i)], kernel[(c, i)])]
                 line += (f"  kernel alone {med(kernel[(c, i)]):6.1f}  overhead "
-                         f"{med(over):5.1f} (range {min(over):.1f}-{max(over):.1f})")
+                         f"{med(over):5.1f} (range {min(over):.1f}-{max(over):.1f}; "
+                         f"min-min {min(times[(c, i)]) - min(kernel[(c, i)]):.1f})")
             rs = ratios[(c, i)]
             if i:
                 line += f"  x{med(rs):.3f} of first"
