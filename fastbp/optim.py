@@ -6,6 +6,7 @@ Fitting again with the same object continues from that state.
 """
 
 import operator
+import weakref
 
 import numpy as np
 
@@ -84,15 +85,15 @@ class Optimizer:
         here: a state value that makes an update non-finite is caught by the
         update check; ``MLP.load`` checks the values of a loaded state.)
 
-        After a full check, the state tuple and ``params`` (the objects) and
-        the layout of the three arrays (``_validation.array_state``) are
+        After a full check, the state tuple and ``params`` (the objects; params
+        by weak reference) and the layout of the three arrays (``_validation.array_state``) are
         kept: while they are the same, the next call only checks ``step_``.
         Any reassignment of ``state_`` or change of an array's flags, shape
         or dtype runs the full check again.
         """
         s = self.state_
         ck = self.__dict__.get("_bound")
-        if (ck is not None and s is ck[0] and params is ck[1]
+        if (ck is not None and s is ck[0] and params is ck[1]()
                 and type(self.step_) is int and self.step_ >= 0):
             a, b = s
             # _validation.array_state of the three, inline (a per-step path)
@@ -106,8 +107,11 @@ class Optimizer:
         else:
             check_state(self, params)
         s = self.state_
-        # a tuple cannot change its items: the tuple's identity fixes the arrays
-        self._bound = (s, params, v.array_state(s[0]) + v.array_state(s[1])
+        # a tuple cannot change its items: the tuple's identity fixes the
+        # arrays.  params by weak reference: the optimizer must not keep a
+        # dropped model's buffer alive, and a dead reference (None) cannot
+        # match a new array that reuses the freed one's id
+        self._bound = (s, weakref.ref(params), v.array_state(s[0]) + v.array_state(s[1])
                        + v.array_state(params))
         return s
 

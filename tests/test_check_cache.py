@@ -270,3 +270,22 @@ def test_caches_are_not_pickled():
     np.testing.assert_array_equal(m2.flat_params, m.flat_params)
     with pytest.raises(ValueError, match="WRITEABLE"):
         m2.widths.flags.writeable = True  # frozen again by its first check
+
+
+def test_optimizer_does_not_keep_a_dropped_model_buffer_alive():
+    import gc
+    import weakref
+
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    buffer = weakref.ref(m.flat_params)
+    del m
+    gc.collect()
+    assert buffer() is None
+    m2 = fb.MLP(WIDTHS, seed=1)  # another buffer, perhaps at the freed one's address
+    p = m2.flat_params.copy()
+    o.state_[0][:] = 0
+    o.state_ = (o.state_[0], p)  # aliasing the new buffer: the full check sees it
+    with pytest.raises(ValueError, match="share memory with the parameters"):
+        o.step(p, np.zeros_like(p))
