@@ -14,7 +14,7 @@ import numpy as np
 
 #: rough seconds of the first compile of the training kernels for one
 #: dtype, measured with ``fastbp bench --startup`` (2 shared cores)
-FIRST_COMPILE_SECONDS = "5-20"
+FIRST_COMPILE_SECONDS = "4-12"
 
 
 def _has_overload(disp, dtype):
