@@ -27,6 +27,7 @@ OUTPUTS = {"softmax": _act.IDENTITY, "identity": _act.IDENTITY, "sigmoid": _act.
 #: outputs that classify (loss with accuracy; predict gives labels)
 CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
+_INT64, _UINT64 = np.dtype(np.int64), np.dtype(np.uint64)
 _PREDICT_VALUES = 2**24
 
 
@@ -90,6 +91,35 @@ def _sparse_batch_buffers(X, batch_size):
             np.empty(batch_size + 1, dtype=np.int64))
 
 
+def _frozen(a):
+    """True for an array from ``_validation.frozen_int64`` (its memory an
+    immutable bytes object: no one can make it writeable)."""
+    return not a.flags.writeable and type(a.base) is bytes
+
+
+class _Checked:
+    """What ``MLP._check_structure`` checked (the objects, and the layout of
+    the arrays), with what the per-step paths derive from it once: the
+    widths as a tuple of Python ints and empty arrays for the kernels'
+    unused label, target and weight arguments (zero-size: never written)."""
+
+    __slots__ = ("alpha", "c", "dtype", "g", "layout", "no_labels", "no_targets",
+                 "no_weights", "output", "p", "w", "widths", "writeable")
+
+    def __init__(self, model, w, c, p, g):
+        self.w, self.c, self.p, self.g = w, c, p, g
+        self.output, self.dtype, self.alpha = model.output, model.dtype, model.alpha
+        self.layout = (v.array_state(w) + v.array_state(c) + v.array_state(p)
+                       + v.array_state(g))
+        # both buffers writeable when checked: while the layout (flags
+        # included) stays the same, _make_writeable has nothing to do
+        self.writeable = bool(p.flags.writeable and g.flags.writeable)
+        self.widths = tuple(int(d) for d in w)
+        self.no_labels = np.empty(0, dtype=np.int64)
+        self.no_targets = np.empty((0, self.widths[-1]), dtype=p.dtype)
+        self.no_weights = np.empty(0, dtype=np.float64)
+
+
 class MLP:
     """Multi-layer perceptron trained by backpropagation.
 
@@ -136,10 +166,9 @@ class MLP:
         if output == "softmax" and w[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 classes; got widths[-1]={w[-1]}")
         codes = _hidden_codes(activation, len(w) - 2) + [OUTPUTS[output]]
-        self.widths = np.array(w, dtype=np.int64)
-        self.codes = np.array(codes, dtype=np.int64)
-        self.widths.flags.writeable = False  # the buffers' layout hangs on them
-        self.codes.flags.writeable = False
+        # the buffers' layout hangs on them: read-only for good
+        self.widths = v.frozen_int64(w)
+        self.codes = v.frozen_int64(codes)
         self.output = output
         self.dtype = v.resolve_dtype(dtype)
         self.alpha = v.as_real(alpha, "alpha", 0.0)
@@ -215,15 +244,27 @@ class MLP:
         user can reassign; an inconsistent change is a ValueError here, not
         a read out of bounds in a kernel.
 
-        After a full check, ``widths`` and ``codes`` are made read-only (so
-        they cannot change in place) and the identities of the checked
-        objects are remembered: the next call costs one tuple comparison
-        unless something was reassigned.
+        Returns a ``_Checked`` record (widths as Python ints, empty arrays
+        for the kernels' unused arguments).  After a full check, ``widths``
+        and ``codes`` are replaced by read-only copies that cannot be made
+        writeable again (``_validation.frozen_int64``), and the record keeps
+        the checked objects themselves (not their ids, which a new object may
+        reuse once the old one is freed) and the layout of the four arrays
+        (``_validation.array_state``).  The next call compares identities and
+        layouts only, and checks in full again after any reassignment (even
+        of an equal value) or in-place change of shape, dtype or flags.
         """
         w, c, p, g = self.widths, self.codes, self._params, self._grads
-        key = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
-        if key == getattr(self, "_checked", None):
-            return
+        ck = self.__dict__.get("_checked")
+        if (ck is not None and ck.w is w and ck.c is c and ck.p is p and ck.g is g
+                and ck.output is self.output and ck.dtype is self.dtype
+                and ck.alpha is self.alpha
+                # _validation.array_state of the four, inline (a per-step path)
+                and ck.layout == (w.shape, w.dtype, w.flags.num, c.shape, c.dtype,
+                                  c.flags.num, p.shape, p.dtype, p.flags.num, g.shape,
+                                  g.dtype, g.flags.num)):
+            return ck
+        self.__dict__.pop("_checked", None)
         arrays_ok = all(isinstance(a, np.ndarray) and a.flags.c_contiguous
                         and a.flags.aligned for a in (w, c, p, g))
         ok = (arrays_ok and w.dtype == np.int64 and w.ndim == 1 and w.size >= 2
@@ -237,13 +278,13 @@ class MLP:
             raise ValueError("the model's widths, codes, output, dtype or parameter buffer "
                              "were changed and no longer agree; build a new MLP instead")
         self.alpha = v.as_real(self.alpha, "alpha", 0.0)
-        if w.flags.writeable:
-            self.widths = w = w.copy()
-            w.flags.writeable = False
-        if c.flags.writeable:
-            self.codes = c = c.copy()
-            c.flags.writeable = False
-        self._checked = (id(w), id(c), id(p), id(g), self.output, self.dtype, self.alpha)
+        self.dtype = p.dtype  # equal already; the dtype object itself, for identity
+        if not _frozen(w):
+            self.widths = w = v.frozen_int64(w)
+        if not _frozen(c):
+            self.codes = c = v.frozen_int64(c)
+        self._checked = ck = _Checked(self, w, c, p, g)
+        return ck
 
     def _make_writeable(self):
         """Training writes the parameter and gradient buffers in place; a
@@ -253,16 +294,21 @@ class MLP:
         if not self._grads.flags.writeable:
             self._grads = np.zeros_like(self._params)
 
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", ck=None):
         """X as the kernels take it: a C-contiguous array of the model dtype,
         or, for scipy.sparse input (any format), checked CSR ``SparseRows``
-        (never densified)."""
-        self._check_structure()
-        if type(X) is not np.ndarray:  # the dense fast path pays one type test
-            if isinstance(X, v.SparseRows):  # checked already (fit's validation data)
-                return X
-            if v.is_sparse(X):
-                return self._check_sparse_X(X, name)
+        (never densified).  ``ck``: the caller's ``_check_structure()``
+        record, if it has one already."""
+        if ck is None:
+            ck = self._check_structure()
+        if type(X) is np.ndarray:
+            if (X.dtype is ck.dtype and X.ndim == 2 and (X.flags.num & v.CAW) == v.CAW
+                    and X.shape[0] and X.shape[1] == ck.widths[0] and v.all_finite(X)):
+                return X  # as the kernels take it: what follows would pass unchanged
+        elif isinstance(X, v.SparseRows):  # checked already (fit's validation data)
+            return X
+        elif v.is_sparse(X):
+            return self._check_sparse_X(X, name)
         X = v.as_float(X, name, 2, self.dtype)
         v.check_nonempty(X, name)
         if X.shape[1] != self.widths[0]:
@@ -281,12 +327,21 @@ class MLP:
                              f"got sparse shape {X.shape}")
         return X
 
-    def _check_y(self, y, n, name="y"):
-        """Returns (loss_kind, y_int, y_f) for the kernels."""
-        d_out = int(self.widths[-1])
+    def _check_y(self, y, n, name="y", ck=None):
+        """Returns (loss_kind, y_int, y_f) for the kernels.  ``ck`` as for
+        ``_check_X``."""
+        if ck is None:
+            ck = self._check_structure()
+        d_out = ck.widths[-1]
+        empty_f, empty_i = ck.no_targets, ck.no_labels
+        if (self.output == "softmax" and type(y) is np.ndarray and y.dtype is _INT64
+                and y.ndim == 1 and y.shape[0] == n and (y.flags.num & v.CAW) == v.CAW
+                and n and int(np.maximum.reduce(y.view(_UINT64))) < d_out):
+            # int64 labels as the kernels take them, all in [0, d_out): seen
+            # as unsigned, a negative label is above any class count, so one
+            # maximum checks both bounds (as_labels would pass y unchanged)
+            return _net.XENT_LABELS, y, empty_f
         ya = v.as_array(y, name)
-        empty_f = np.empty((0, d_out), dtype=self.dtype)
-        empty_i = np.empty(0, dtype=np.int64)
         if self.output == "sigmoid":
             if ya.ndim == 1 and d_out == 1:
                 ya = ya.reshape(-1, 1)
@@ -326,7 +381,9 @@ class MLP:
         (without the dense input batch ``xb`` when X is sparse).  Sizes are
         Python ints; one too large for memory is a ValueError naming ``name``
         (the argument that set ``cap``)."""
-        key = (cap, self.dtype, tuple(self.widths), dense_x)
+        # widths as bytes: exact for the checked int64 widths, and ten times
+        # cheaper than a tuple of NumPy integers
+        key = (cap, self.dtype, self.widths.tobytes(), dense_x)
         if self._ws_key != key:
             w = [int(d) for d in self.widths]
             dt = self.dtype
@@ -526,13 +583,16 @@ class MLP:
         Raises DivergenceError (parameters unchanged) on a non-finite loss or
         gradient.
         """
-        X = self._check_X(X)
+        ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
+        X = self._check_X(X, ck=ck)
         n = X.shape[0]
-        kind, y_int, y_f = self._check_y(y, n)
-        sw = v.as_sample_weight(sample_weight, n)
+        kind, y_int, y_f = self._check_y(y, n, ck=ck)
+        sw = (ck.no_weights if sample_weight is None
+              else v.as_sample_weight(sample_weight, n))
         opt = self._resolve_optimizer(optimizer)
-        hp = opt.checked_hyperparameters(self.dtype)
-        self._make_writeable()
+        hp = opt._checked_hp(self.dtype)
+        if not ck.writeable:
+            self._make_writeable()
         s1, s2 = opt.bind(self._params)
         if isinstance(X, v.SparseRows):
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
@@ -558,7 +618,7 @@ class MLP:
         status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
             X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
             self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            opt.kind, opt.checked_hyperparameters(self.dtype), s1, s2, opt.step_,
+            opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
             sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
             ws["delta_a"], ws["delta_b"], ws["rw"],
         )
@@ -825,7 +885,7 @@ class MLP:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_checked", None)  # object ids mean nothing in another process
+        state.pop("_checked", None)  # a check of this process's objects; a copy checks afresh
         return state
 
     def __repr__(self):

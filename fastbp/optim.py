@@ -5,6 +5,9 @@ by ``MLP.fit``, its state buffers (flat, the layout of the parameters).
 Fitting again with the same object continues from that state.
 """
 
+import operator
+import weakref
+
 import numpy as np
 
 from . import _validation as v
@@ -33,22 +36,43 @@ class Optimizer:
         (``opt.lr = "0.1"`` must not reach a kernel).  A positive setting
         that rounds to 0 in ``dtype`` (``lr=1e-50`` in float32: no training
         at all; ``eps=1e-50``: 0/0 for a zero gradient), or is infinite
-        there, is refused."""
+        there, is refused.  Returns a fresh array."""
+        return self._checked_hp(v.resolve_dtype(dtype)).copy()
+
+    def _checked_hp(self, dtype):
+        """``checked_hyperparameters`` for the per-step paths: the array is
+        the optimizer's own (the kernels only read it; do not write it).
+
+        The full check runs once per change of settings: the setting objects
+        it passed (and normalised to plain floats and bools) are kept, and
+        the next call compares the current attributes to them by identity
+        only, which is exact (an assignment, even of an equal value, makes
+        the check run again) and costs no float comparisons.  ``dtype``
+        must be a NumPy dtype; it is compared by identity too (an equal but
+        distinct dtype object only costs a full check).
+        """
+        ck = self.__dict__.get("_checked")
+        if (ck is not None and ck[0] is dtype
+                and all(map(operator.is_, self._settings(self), ck[1]))):
+            return ck[2]
+        self.__dict__.pop("_checked", None)
         settings = {k: getattr(self, k) for k in self._fields}
-        key = (np.dtype(dtype), tuple((type(x), x) for x in settings.values()))
-        if key == getattr(self, "_checked", None):
-            return self.hyperparameters()
-        type(self)(**settings)
+        fresh = type(self)(**settings)  # the constructor's checks, its messages
         info = np.finfo(dtype)
         tiny, big = float(info.tiny), float(info.max)
         for k in self._POSITIVE:
-            value = getattr(self, k)
+            value = getattr(fresh, k)
             if value < tiny or value > big:
                 what = "rounds to 0" if value < tiny else "overflows"
-                raise ValueError(f"{k}={value!r} {what} in {info.dtype}; use {tiny:.3g} <= "
-                                 f"{k} <= {big:.3g}")
-        self._checked = key  # the same settings are not checked again
-        return self.hyperparameters()
+                raise ValueError(f"{k}={settings[k]!r} {what} in {info.dtype}; use "
+                                 f"{tiny:.3g} <= {k} <= {big:.3g}")
+        # the checked values as the constructor normalised them (float, bool):
+        # immutable, so that identity implies the same value
+        for k in self._fields:
+            setattr(self, k, getattr(fresh, k))
+        hp = self.hyperparameters()
+        self._checked = (dtype, self._settings(self), hp)
+        return hp
 
     def bind(self, params):
         """Make sure the state matches ``params`` (size and dtype).
@@ -60,14 +84,36 @@ class Optimizer:
         ValueError rather than overwritten silently.  (Values are not read
         here: a state value that makes an update non-finite is caught by the
         update check; ``MLP.load`` checks the values of a loaded state.)
+
+        After a full check, the state tuple and ``params`` (the objects; params
+        by weak reference) and the layout of the three arrays (``_validation.array_state``) are
+        kept: while they are the same, the next call only checks ``step_``.
+        Any reassignment of ``state_`` or change of an array's flags, shape
+        or dtype runs the full check again.
         """
         s = self.state_
+        ck = self.__dict__.get("_bound")
+        if (ck is not None and s is ck[0] and params is ck[1]()
+                and type(self.step_) is int and self.step_ >= 0):
+            a, b = s
+            # _validation.array_state of the three, inline (a per-step path)
+            if ck[2] == (a.shape, a.dtype, a.flags.num, b.shape, b.dtype, b.flags.num,
+                         params.shape, params.dtype, params.flags.num):
+                return s
+        self.__dict__.pop("_bound", None)
         if s is None or not _same_buffer_kind(s, params):
             self.state_ = (np.zeros_like(params), np.zeros_like(params))
             self.step_ = 0
         else:
             check_state(self, params)
-        return self.state_
+        s = self.state_
+        # a tuple cannot change its items: the tuple's identity fixes the
+        # arrays.  params by weak reference: the optimizer must not keep a
+        # dropped model's buffer alive, and a dead reference (None) cannot
+        # match a new array that reuses the freed one's id
+        self._bound = (s, weakref.ref(params), v.array_state(s[0]) + v.array_state(s[1])
+                       + v.array_state(params))
+        return s
 
     def reset(self):
         """Forget the state (momentum buffers, step count)."""
@@ -95,7 +141,7 @@ class Optimizer:
             (learning rate too large); nothing is changed.
         """
         params, grads = check_step_buffers(params, grads)
-        hp = self.checked_hyperparameters(params.dtype)
+        hp = self._checked_hp(params.dtype)
         s1, s2 = self.bind(params)
         status = _k.check_update(self.kind, params, grads, s1, s2, hp, self.step_ + 1)
         if status == _k.BAD_GRADIENT:
@@ -107,6 +153,13 @@ class Optimizer:
         self.step_ += 1
         _k.apply_update(self.kind, params, grads, s1, s2, hp, self.step_)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        # caches of checks on objects of this process; a copy checks afresh
+        state.pop("_checked", None)
+        state.pop("_bound", None)
+        return state
+
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
         return f"{type(self).__name__}({args})"
@@ -115,6 +168,14 @@ class Optimizer:
 def check_step_buffers(params, grads):
     """``params`` as the update kernels need it (checked, never copied: it is
     updated in place) and ``grads`` converted to its dtype and layout."""
+    f32, f64 = v.FLOAT_DTYPES
+    if (type(params) is np.ndarray and type(grads) is np.ndarray and params.ndim == 1
+            and (params.dtype is f32 or params.dtype is f64) and grads.dtype is params.dtype
+            and grads.shape == params.shape and (params.flags.num & v.CAW) == v.CAW
+            and (grads.flags.num & v.CAW) == v.CAW):
+        # the common case, both already as the kernels take them: the checks
+        # below would pass and as_float would not copy
+        return params, grads
     if not isinstance(params, np.ndarray):
         raise TypeError(f"params must be a NumPy array (the flat parameter buffer); "
                         f"got {v._describe(params)}")
@@ -172,6 +233,7 @@ class SGD(Optimizer):
 
     kind = _k.SGD
     _fields = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
+    _settings = operator.attrgetter(*_fields)  # the settings' current objects, as a tuple
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         super().__init__()
@@ -197,6 +259,7 @@ class Adam(Optimizer):
 
     kind = _k.ADAM
     _fields = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _settings = operator.attrgetter(*_fields)
     _POSITIVE = ("lr", "eps")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):

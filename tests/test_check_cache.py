@@ -1,0 +1,291 @@
+"""The per-step checks are cached (MLP._check_structure, Optimizer._checked_hp,
+Optimizer.bind), so a change made after a first, fully checked call must
+still be seen: each change below gets the same error after a call as it
+gets before any call, and nothing is written."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastbp as fb
+
+WIDTHS = [6, 5, 3]
+
+
+def _data(n=8):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, WIDTHS[0])).astype(np.float32), rng.integers(0, 3, n)
+
+
+def _fresh(adam=False):
+    m = fb.MLP(WIDTHS, seed=0)
+    o = fb.Adam(lr=1e-3) if adam else fb.SGD(lr=0.1, momentum=0.9)
+    return m, o
+
+
+def _plant_state(m, o):
+    """A state as bind would make it, planted without bind (no cache made)."""
+    o.state_ = (np.zeros_like(m.flat_params), np.zeros_like(m.flat_params))
+    o.step_ = 0
+
+
+def _set_dtype(a, dt):
+    a.dtype = dt  # in place: the same object, another view of its memory
+
+
+def _set_shape(a, shape):
+    a.shape = shape  # in place
+
+
+# change(model, optimizer): each must be refused on the next step
+MODEL_CHANGES = {
+    "widths shrunk": lambda m, o: setattr(m, "widths", np.array([6, 4, 3])),
+    "widths grown": lambda m, o: setattr(m, "widths", np.array([6, 50, 3])),
+    "widths as a list": lambda m, o: setattr(m, "widths", [6, 5, 3]),
+    "widths dtype in place": lambda m, o: _set_dtype(m.widths, np.float64),
+    "widths shape in place": lambda m, o: _set_shape(m.widths, (3, 1)),
+    "codes replaced": lambda m, o: setattr(m, "codes", np.array([0, 99])),
+    "codes int32": lambda m, o: setattr(m, "codes", m.codes.astype(np.int32)),
+    "output unknown": lambda m, o: setattr(m, "output", "bogus"),
+    "dtype reassigned": lambda m, o: setattr(m, "dtype", np.dtype(np.float64)),
+    "alpha negative": lambda m, o: setattr(m, "alpha", -1.0),
+    "alpha a string": lambda m, o: setattr(m, "alpha", "0.1"),
+    "alpha True": lambda m, o: setattr(m, "alpha", True),
+    "params float64": lambda m, o: setattr(m, "_params", m._params.astype(np.float64)),
+    "params too short": lambda m, o: setattr(m, "_params", m._params[:-1].copy()),
+    "params strided": lambda m, o: setattr(m, "_params", np.repeat(m._params, 2)[::2]),
+    "params dtype in place": lambda m, o: _set_dtype(m.flat_params, np.int32),
+    "params shape in place": lambda m, o: _set_shape(m.flat_params, (1, -1)),
+    "grads float64": lambda m, o: setattr(m, "_grads", m._grads.astype(np.float64)),
+    "lr a string": lambda m, o: setattr(o, "lr", "0.1"),
+    "lr negative": lambda m, o: setattr(o, "lr", -1.0),
+    "lr NaN": lambda m, o: setattr(o, "lr", float("nan")),
+    "lr rounds to 0 in float32": lambda m, o: setattr(o, "lr", 1e-50),
+    "momentum True": lambda m, o: setattr(o, "momentum", True),
+    "momentum above 1": lambda m, o: setattr(o, "momentum", 1.5),
+    "nesterov a string": lambda m, o: setattr(o, "nesterov", "yes"),
+    "step_ negative": lambda m, o: setattr(o, "step_", -1),
+    "step_ a float": lambda m, o: setattr(o, "step_", 2.0),
+    "step_ a bool": lambda m, o: setattr(o, "step_", True),
+    "state read-only in place": lambda m, o: setattr(o.state_[1].flags, "writeable", False),
+    "state aliasing params": lambda m, o: setattr(o, "state_", (o.state_[0], m.flat_params)),
+    "state strided": lambda m, o: setattr(
+        o, "state_", (np.zeros(2 * m.n_params, np.float32)[::2], o.state_[1])),
+}
+
+
+def _error(fn, *args, **kwargs):
+    """(type, message) of the TypeError or ValueError that fn(*args) raises."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        fn(*args, **kwargs)
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", MODEL_CHANGES)
+def test_change_after_a_call_gets_the_first_call_error(name):
+    X, y = _data()
+    change = MODEL_CHANGES[name]
+    m0, o0 = _fresh()
+    _plant_state(m0, o0)
+    change(m0, o0)
+    first = _error(lambda: m0.train_on_batch(X, y, optimizer=o0))
+
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    m.train_on_batch(X, y)  # the cached path
+    change(m, o)
+    memory = [a.tobytes() for a in (m._params, m._grads, *o.state_)]
+    assert _error(lambda: m.train_on_batch(X, y, optimizer=o)) == first
+    # no kernel ran: nothing written
+    assert [a.tobytes() for a in (m._params, m._grads, *o.state_)] == memory
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_read_only_params_after_a_call_trains_a_copy_as_on_a_first_call(adam):
+    """A parameter buffer made read-only (in place, or replaced by a read-only
+    one) after a call is not written: training continues on a copy, as it
+    does when the buffer is read-only from the start."""
+    X, y = _data()
+    for replace in (False, True):
+        m, o = _fresh(adam)
+        ref, o_ref = _fresh(adam)
+        for model, opt in ((m, o), (ref, o_ref)):
+            model.train_on_batch(X, y, optimizer=opt)
+        if replace:
+            ro = m._params.copy()
+            ro.flags.writeable = False
+            m._params = ro
+        else:
+            ro = m._params
+            ro.flags.writeable = False
+        frozen = ro.copy()
+        m.train_on_batch(X, y)
+        ref.train_on_batch(X, y)
+        np.testing.assert_array_equal(ro, frozen)  # never written
+        assert m.flat_params is not ro and m.flat_params.flags.writeable
+        np.testing.assert_array_equal(m.flat_params, ref.flat_params)
+
+
+def test_state_read_only_before_and_after_a_call_same_error():
+    m0, o0 = _fresh()
+    _plant_state(m0, o0)
+    o0.state_[0].flags.writeable = False
+    X, y = _data()
+    first = _error(lambda: m0.train_on_batch(X, y, optimizer=o0))
+    assert "state_[0] must be a contiguous, writeable array" in first[1]
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    o.state_[0].flags.writeable = False
+    assert _error(lambda: m.train_on_batch(X, y)) == first
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_state_values_changed_after_a_call_are_caught_by_the_update_check(adam):
+    """State values are not part of the cached check: a non-finite one is
+    refused by the kernel's update check (DivergenceError, nothing written),
+    after a call as on a first call."""
+    X, y = _data()
+    for after_a_call in (False, True):
+        m, o = _fresh(adam)
+        if after_a_call:
+            m.train_on_batch(X, y, optimizer=o)
+        else:
+            _plant_state(m, o)
+        o.state_[0][3] = np.nan
+        params = m.flat_params.copy()
+        with pytest.raises(fb.DivergenceError, match="non-finite update"):
+            m.train_on_batch(X, y, optimizer=o)
+        np.testing.assert_array_equal(m.flat_params, params)
+
+
+def test_state_reshaped_in_place_is_replaced_as_on_a_first_call():
+    """A state of another shape is replaced by a fresh one (bind's rule) also
+    when the same arrays are reshaped after a call."""
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    old = o.state_
+    old[0].shape = (1, -1)
+    m.train_on_batch(X, y)
+    assert o.state_ is not old and o.state_[0].shape == m.flat_params.shape
+    assert o.step_ == 1
+
+
+def test_widths_and_codes_cannot_be_made_writeable():
+    """The checked widths and codes are read-only for good: an array owning
+    its memory could be made writeable again and edited behind the cache."""
+    m, _ = _fresh()
+    X, y = _data()
+    m.train_on_batch(X, y, optimizer=fb.SGD(lr=0.1))
+    for a in (m.widths, m.codes):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            a.flags.writeable = True
+    # a user's own (writeable, or read-only but owning) array is replaced by
+    # a frozen copy when checked: editing the original changes nothing
+    own = np.array(WIDTHS)
+    own.flags.writeable = False
+    m.widths = own
+    m.train_on_batch(X, y)
+    assert m.widths is not own
+    own.flags.writeable = True
+    own[1] = 500
+    m.train_on_batch(X, y)
+    np.testing.assert_array_equal(m.widths, WIDTHS)
+
+
+def test_new_objects_are_checked_whatever_their_id():
+    """The cache keeps the checked objects, not their ids: a new array that
+    happens to get a freed array's id is still checked."""
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    for _ in range(200):
+        m.widths = np.array([6, 500, 3])
+        with pytest.raises(ValueError, match="no longer agree"):
+            m.train_on_batch(X, y)
+    m.widths = np.array(WIDTHS)
+    m.train_on_batch(X, y)
+
+
+def test_setting_reassigned_to_an_equal_value_of_another_type_is_checked():
+    """Identity, not equality, decides: ``momentum = True`` after a checked
+    ``momentum = 1.0`` is refused, and ``lr = np.float32(...)`` is accepted
+    and normalised to a float as the constructor does."""
+    X, y = _data()
+    m = fb.MLP(WIDTHS, seed=0)
+    o = fb.SGD(lr=0.1, momentum=1.0)
+    m.train_on_batch(X, y, optimizer=o)
+    o.momentum = True
+    with pytest.raises(TypeError, match="momentum must be a real number"):
+        m.train_on_batch(X, y)
+    o.momentum = 0.5
+    o.lr = np.float32(0.25)
+    m.train_on_batch(X, y)
+    assert type(o.lr) is float and o.lr == float(np.float32(0.25))
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_optimizer_step_sees_changes_after_a_call(adam):
+    """Optimizer.step: the same errors before and after a first step."""
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(50).astype(np.float32)
+
+    def ready():
+        o = fb.Adam(lr=1e-3) if adam else fb.SGD(lr=0.1, momentum=0.9)
+        return o, rng.standard_normal(50).astype(np.float32)
+
+    changes = {
+        "lr a string": lambda o, p: setattr(o, "lr", "0.1"),
+        "lr rounds to 0": lambda o, p: setattr(o, "lr", 1e-50),
+        "step_ negative": lambda o, p: setattr(o, "step_", -3),
+        "state read-only": lambda o, p: setattr(o.state_[0].flags, "writeable", False),
+        "state aliasing params": lambda o, p: setattr(o, "state_", (p, o.state_[1])),
+        "params read-only": lambda o, p: setattr(p.flags, "writeable", False),
+    }
+    for name, change in changes.items():
+        o0, p0 = ready()
+        o0.state_ = (np.zeros_like(p0), np.zeros_like(p0))
+        change(o0, p0)
+        first = _error(o0.step, p0, g)
+        o, p = ready()
+        o.step(p, g)
+        o.step(p, g)  # the cached path
+        before = p.copy()
+        change(o, p)
+        assert _error(o.step, p, g) == first, name
+        np.testing.assert_array_equal(p, before)
+
+
+def test_caches_are_not_pickled():
+    X, y = _data()
+    m, o = _fresh(adam=True)
+    m.train_on_batch(X, y, optimizer=o)
+    o2 = pickle.loads(pickle.dumps(o))
+    assert "_checked" not in o2.__dict__ and "_bound" not in o2.__dict__
+    m2 = pickle.loads(pickle.dumps(m))
+    assert "_checked" not in m2.__dict__
+    m.train_on_batch(X, y)
+    m2.train_on_batch(X, y)
+    np.testing.assert_array_equal(m2.flat_params, m.flat_params)
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        m2.widths.flags.writeable = True  # frozen again by its first check
+
+
+def test_optimizer_does_not_keep_a_dropped_model_buffer_alive():
+    import gc
+    import weakref
+
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    buffer = weakref.ref(m.flat_params)
+    del m
+    gc.collect()
+    assert buffer() is None
+    m2 = fb.MLP(WIDTHS, seed=1)  # another buffer, perhaps at the freed one's address
+    p = m2.flat_params.copy()
+    o.state_[0][:] = 0
+    o.state_ = (o.state_[0], p)  # aliasing the new buffer: the full check sees it
+    with pytest.raises(ValueError, match="share memory with the parameters"):
+        o.step(p, np.zeros_like(p))
