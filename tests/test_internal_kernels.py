@@ -1,5 +1,6 @@
 """Kernel building blocks the public functions rest on: the BLAS binding,
-the finiteness check, and compile-order independence of results."""
+the finiteness check, the 2-D views of flat buffers, and compile-order
+independence of results."""
 
 import os
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastbp._kernels import blas, optim
+from fastbp._kernels import blas, network, optim
 
 
 @njit
@@ -22,6 +23,36 @@ def _mm_transposed(a_t, b, out):
 @njit
 def _mm_both_transposed(a_t, b_t, out):
     blas.matmul(a_t.T, b_t.T, out)
+
+
+@njit
+def _view2d(buf, offset, rows, cols):
+    return network.view2d(buf, offset, rows, cols)
+
+
+@njit
+def _write_through_view(buf, offset, rows, cols):
+    v = network.view2d(buf, offset, rows, cols)
+    v[rows - 1, cols - 1] = -1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("args", [(0, 3, 4), (5, 2, 3), (12, 0, 4), (2, 2, 5), (0, 0, 0)])
+def test_view2d_is_the_numpy_reshape(dtype, args):
+    buf = np.arange(12, dtype=dtype)
+    off, r, c = args
+    v = _view2d(buf, off, r, c)
+    np.testing.assert_array_equal(v, buf[off:off + r * c].reshape(r, c))
+    assert v.flags.c_contiguous and v.dtype == dtype
+    if r * c:
+        _write_through_view(buf, off, r, c)
+        assert buf[off + r * c - 1] == -1  # a view, not a copy
+
+
+@pytest.mark.parametrize("args", [(0, 4, 4), (11, 1, 2), (-1, 1, 1), (0, -1, 2), (0, 2, -1)])
+def test_view2d_out_of_the_buffer_raises(args):
+    with pytest.raises(IndexError, match="view2d"):
+        _view2d(np.zeros(12), *args)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -42,7 +42,7 @@ layout that pays is:
   first use");
 * a small glue function with one or two call sites on the training path
   (``matmul``, ``dense_forward``, ``all_finite``, ``apply_update``,
-  ``view2d``, ``forward_loss``, ``backward``, ``train_step``) is
+  ``forward_loss``, ``backward``, ``train_step``) is
   ``@njit(**JIT_INLINE)``: copied into its caller at the Numba-IR level, so it
   is not compiled and optimised as a unit of its own (still callable from
   Python);

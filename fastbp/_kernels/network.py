@@ -17,7 +17,10 @@ Nothing here allocates except the reshape views, which are free.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 from .blas import matmul
 from .config import JIT
@@ -46,10 +49,42 @@ POISSON = 4
 JIT_INLINE = dict(JIT, inline="always")
 
 
-@njit(**JIT_INLINE)
-def view2d(buf, offset, rows, cols):
-    """A (rows, cols) C-contiguous view of the 1-D buffer from ``offset``."""
-    return buf[offset : offset + rows * cols].reshape((rows, cols))
+@intrinsic
+def view2d(typingctx, buf, offset, rows, cols):
+    """A (rows, cols) C-contiguous view of the 1-D C-contiguous buffer from
+    ``offset``; IndexError when it does not fit in the buffer.
+
+    An intrinsic rather than ``buf[a:b].reshape(...)`` in an inlined
+    function: it is called at a dozen places of each epoch kernel, and
+    Numba's IR inliner copied and re-ran the untyped passes of that function
+    at every one, and the slice and reshape emit their own clamping and
+    size checks (first fit: see docs/performance.md)."""
+    if not (isinstance(buf, types.Array) and buf.ndim == 1 and buf.layout == "C"
+            and all(isinstance(t, types.Integer) for t in (offset, rows, cols))):
+        return None
+    ret = buf.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, value=args[0])
+        off, r, c = (context.cast(builder, v, t, types.intp)
+                     for v, t in zip(args[1:], sig.args[1:], strict=True))
+        zero = context.get_constant(types.intp, 0)
+        end = builder.add(off, builder.mul(r, c))
+        bad = builder.or_(
+            builder.or_(builder.icmp_signed("<", off, zero), builder.icmp_signed("<", r, zero)),
+            builder.or_(builder.icmp_signed("<", c, zero),
+                        builder.icmp_signed(">", end, src.nitems)))
+        with builder.if_then(bad, likely=False):
+            context.call_conv.return_user_exc(builder, IndexError,
+                                              ("view2d: rows out of the buffer",))
+        itemsize = src.itemsize
+        out = context.make_array(sig.return_type)(context, builder)
+        populate_array(out, data=builder.gep(src.data, [off]), shape=[r, c],
+                       strides=[builder.mul(c, itemsize), itemsize], itemsize=itemsize,
+                       meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
+
+    return ret(buf, offset, rows, cols), codegen
 
 
 @njit(**JIT)
