@@ -106,7 +106,11 @@ _FIRST_FIT = textwrap.dedent(
     y = rng.integers(0, 3, 64)
     m = fb.MLP([5, 8, 3], dtype="float32", seed=0)
     m.fit(X, y, epochs=2, batch_size=16, optimizer=fb.SGD(lr=0.1, momentum=0.9))
+    from numba.core.event import install_recorder
+    with install_recorder("numba:compile") as rec:
+        m.train_on_batch(X[:16], y[:16])  # the step fit compiled, not another
     print(json.dumps({
+        "compiled_by_train_on_batch": len(rec.buffer),
         "linked": sorted(leaf for leaf in linking._LEAVES
                          if linking.slot_filled(leaf, types.float32)),
         "compiled": sorted(leaf for leaf in linking._LEAVES
@@ -127,12 +131,14 @@ def _first_fit(cache):
 
 
 def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path):
+    # and train_on_batch afterwards runs the step fit compiled: nothing new
     used = ["activations.bias_activation", "activations.delta_in_place",
-            "losses.row_weights", "losses.softmax_xent_labels", "optim.sgd_check",
-            "optim.sgd_update"]
+            "losses.row_weights", "losses.softmax_xent_labels", "network.train_step",
+            "optim.sgd_check", "optim.sgd_update"]
     cold = _first_fit(tmp_path)
     assert cold["linked"] == used
     assert cold["compiled"] == used  # no other loss, no Adam, no float64
+    assert cold["compiled_by_train_on_batch"] == 0
     # a new process: train_epoch comes from the cache and finds its leaves again
     warm = _first_fit(tmp_path)
     assert warm["linked"] == used

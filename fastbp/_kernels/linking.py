@@ -58,6 +58,18 @@ def _adam_args(t):
     return (_c(t, 1),) * 4 + (_I64, _F64, _F64, _F64, _F64, _F64)
 
 
+def _ro(t, ndim):
+    return types.Array(t, ndim, "C", readonly=True)
+
+
+def _train_step_args(t):
+    # as MLP.train_on_batch passes them, so that fit and train_on_batch
+    # share one compiled step: widths and codes are read-only arrays
+    return (_c(t, 1), _c(t, 1), _ro(_I64, 1), _ro(_I64, 1), _I64, _F64, _c(t, 2),
+            _c(_I64, 1), _c(t, 2), _c(_F64, 1), _I64, _c(_F64, 1), _c(t, 1), _c(t, 1),
+            _I64, _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1))
+
+
 def _loss_and_correct(t):
     return types.Tuple((t, _I64))
 
@@ -80,6 +92,7 @@ _SPECS = {
     "optim.sgd_update": (_sgd_args, lambda t: _NONE),
     "optim.adam_check": (_adam_args, lambda t: _I64),
     "optim.adam_update": (_adam_args, lambda t: _NONE),
+    "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
 }
 _LEAVES = list(_SPECS)
 #: slot k * len(DTYPES) + j holds leaf k for DTYPES[j]
@@ -223,5 +236,5 @@ def _same(actual, wanted):
     read-only-ness (the same data model) and integer literals."""
     actual = types.unliteral(actual)
     if isinstance(actual, types.Array) and isinstance(wanted, types.Array):
-        return actual.copy(readonly=False) == wanted
+        return actual.copy(readonly=False) == wanted.copy(readonly=False)
     return actual == wanted

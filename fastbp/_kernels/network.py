@@ -281,6 +281,11 @@ def train_step(
     return 0, loss, c, step + 1
 
 
+# train_epoch calls the step through the table: the step is compiled once, on
+# its own, and is the same compiled code train_on_batch runs.
+_train_step = linked("network.train_step")
+
+
 @njit(**JIT)
 def train_epoch(
     X, y_int, y_f, sw, perm, batch_size,
@@ -317,7 +322,7 @@ def train_epoch(
                 xr[j] = Xs[j]
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
-        status, loss, c, step = train_step(
+        status, loss, c, step = _train_step(
             params, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
             opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
         )
