@@ -80,6 +80,7 @@ def _loss_and_correct(t):
 _SPECS = {
     "losses.row_weights": (lambda t: (_I64, _c(_F64, 1), _c(t, 1)), lambda t: _NONE),
     "activations.bias_activation": (lambda t: (_c(t, 2), _c(t, 1), _I64), lambda t: _NONE),
+    "activations.bias_smooth": (lambda t: (_c(t, 2), _c(t, 1), _I64), lambda t: _NONE),
     "activations.delta_in_place": (lambda t: (_c(t, 2), _c(t, 2), _I64, _c(t, 1)),
                                    lambda t: _NONE),
     "losses.softmax_xent_labels": (lambda t: (_c(t, 2), _c(_I64, 1), _c(t, 1), _c(t, 2)),
