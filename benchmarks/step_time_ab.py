@@ -21,6 +21,7 @@ CFGS = {
     "64-128-10 b32 adam": ([64, 128, 10], 32, "adam"),
     "784-256-128-10 b64 sgd": ([784, 256, 128, 10], 64, "sgd"),
     "784-256-128-10 b64 adam": ([784, 256, 128, 10], 64, "adam"),
+    "64-128-10 b32 tanh sgd": ([64, 128, 10], 32, "sgd", "tanh"),
 }
 
 
@@ -31,10 +32,10 @@ def worker():
 
     rng = np.random.default_rng(0)
     state = {}
-    for name, (w, b, opt) in CFGS.items():
+    for name, (w, b, opt, *act) in CFGS.items():
         X = rng.standard_normal((2048, w[0])).astype(np.float32)
         y = rng.integers(0, w[-1], 2048)
-        m = fb.MLP(w, seed=0)
+        m = fb.MLP(w, activation=(act or ["relu"])[0], seed=0)
         o = fb.SGD(lr=0.01, momentum=0.9) if opt == "sgd" else fb.Adam(lr=1e-4)
         m.fit(X, y, epochs=1, batch_size=b, optimizer=o)  # compile and warm
         state[name] = (m, X, y, b, o)
