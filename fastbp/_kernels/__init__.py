@@ -34,15 +34,18 @@ than its size.  Measured on 2 shared cores (``fastbp bench --startup``), the
 layout that pays is:
 
 * a kernel with real loops (activations, losses, optimizer updates and
-  checks) is a plain ``@njit(**JIT)`` function, compiled once per dtype, and
+  checks; also the whole step ``train_step``) is a plain ``@njit(**JIT)``
+  function, compiled once per dtype, and
   is called from other kernels through ``linking.linked("module.function")``
   with its signature declared in ``linking._SPECS``: callers hold an
   indirect call, not its body, and the leaf is compiled (or loaded from the
   cache) only when first called (docs/performance.md, "Leaves linked on
   first use");
+* a 2-D view of a flat buffer is the intrinsic ``network.view2d``, not a
+  slice and reshape (which emit checks at every call site);
 * a small glue function with one or two call sites on the training path
   (``matmul``, ``dense_forward``, ``all_finite``, ``apply_update``,
-  ``forward_loss``, ``backward``, ``train_step``) is
+  ``forward_loss``, ``backward``) is
   ``@njit(**JIT_INLINE)``: copied into its caller at the Numba-IR level, so it
   is not compiled and optimised as a unit of its own (still callable from
   Python);

@@ -251,7 +251,7 @@ def loss_and_grad(
     return loss + l2, correct
 
 
-@njit(**JIT_INLINE)
+@njit(**JIT)
 def train_step(
     params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
     opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
