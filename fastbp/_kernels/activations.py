@@ -33,10 +33,11 @@ ACTIVATION_CODES = {
     "logistic": SIGMOID,
     "tanh": TANH,
 }
-_bias_smooth = linked("activations.bias_smooth")
-
 #: code -> canonical name
 ACTIVATION_NAMES = {IDENTITY: "identity", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh"}
+
+
+_bias_smooth = linked("activations.bias_smooth")
 
 
 @njit(**JIT)

@@ -24,11 +24,10 @@ from numba.np.arrayobj import populate_array
 
 from .blas import matmul
 from .config import JIT
-from .dense import dense_forward
+from .dense import delta_in_place, dense_forward
 from .linking import linked
 from .optim import apply_update, check_update
 
-delta_in_place = linked("activations.delta_in_place")
 half_squared_error = linked("losses.half_squared_error")
 poisson_log_link = linked("losses.poisson_log_link")
 row_weights = linked("losses.row_weights")
@@ -43,9 +42,9 @@ SIGMOID_XENT = 3
 POISSON = 4
 
 # The mid-level functions below are inlined into their callers at the Numba
-# IR level: each is then optimised once, inside train_epoch, instead of once on
-# its own and again in every caller (cold first fit 9.9 s -> 8.3 s,
-# docs/performance.md).
+# IR level: each is then optimised once, inside the kernel that calls it
+# (train_step, loss_and_grad, ...), instead of once on its own and again in
+# every caller (cold first fit 9.9 s -> 8.3 s, docs/performance.md).
 JIT_INLINE = dict(JIT, inline="always")
 
 
