@@ -54,26 +54,7 @@ def finish_step_undo(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, ke
         return 2, loss_sum, step
     inv = t(1) / S
     reg = t(alpha) / S
-    l2 = t(0)
-    off = 0
-    # loops over slices: they vectorise (indexing from ``off`` measured 5x slower)
-    for k in range(widths.size - 1):
-        n_w = widths[k] * widths[k + 1]
-        gw = g[off : off + n_w]
-        pw = params[off : off + n_w]
-        if alpha != 0.0:
-            for i in range(n_w):
-                l2 += pw[i] * pw[i]
-            for i in range(n_w):
-                gw[i] = gw[i] * inv + reg * pw[i]
-        else:
-            for i in range(n_w):
-                gw[i] = gw[i] * inv
-        off += n_w
-        gb = g[off : off + widths[k + 1]]
-        for i in range(gb.size):
-            gb[i] = gb[i] * inv
-        off += widths[k + 1]
+    l2 = dk.scale_gradient(params, g, widths, alpha, inv, reg)
     batch_loss = loss_sum * inv + t(0.5) * reg * l2
     if not np.isfinite(batch_loss):
         return 1, batch_loss, step
