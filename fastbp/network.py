@@ -10,6 +10,7 @@ compiled call, so Python costs nothing per layer or per batch.
 
 import sys
 
+import numba
 import numpy as np
 
 from . import _validation as v
@@ -17,6 +18,7 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
+from ._threads import step_threads
 from ._warmup import compile_notice, compile_pending
 from .optim import Adam, get_optimizer
 
@@ -399,6 +401,15 @@ class MLP:
                 "yb_int": v.zeros(cap, np.int64, name, what),
                 "yb_f": v.zeros(cap * w[-1], dt, name, what),
                 "swb": v.zeros(cap, np.float64, name, what),
+                # the second parameter and optimizer-state buffers that the
+                # steps of an epoch alternate with (_kernels.network.train_step)
+                "p_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                "s1_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                # the step's per-thread L2 sums and update severities
+                "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
+                # rows in order: train_on_batch is an epoch of one batch
+                "order": np.arange(cap),
             }
             self._ws_key = key
         return self._ws
@@ -536,13 +547,8 @@ class MLP:
                         ws["delta_a"], ws["delta_b"], ws["rw"],
                     )
                 else:
-                    status, batch, loss_sum, correct, step = _net.train_epoch(
-                        X, y_int, y_f, sw, perm, batch_size,
-                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                        opt.kind, hp, s1, s2, opt.step_,
-                        ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                        ws["delta_a"], ws["delta_b"], ws["rw"],
-                    )
+                    status, batch, loss_sum, correct, step = self._dense_epoch(
+                        X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws)
                 opt.step_ = int(step)
                 if status != 0:
                     raise DivergenceError.from_status(status, self.epochs_trained + 1,
@@ -567,6 +573,25 @@ class MLP:
             if bar is not None:
                 bar.close()
         return history
+
+    def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws):
+        """The compiled epoch over the rows ``perm`` of dense X (checked), with
+        the optimizer ``opt`` (bound: its state matches the parameters), its
+        hyper-parameters ``hp`` and the workspace ``ws``; returns what
+        ``_kernels.network.train_epoch`` does.  The steps use the Numba
+        threads of the calling thread, with NumPy's OpenBLAS single-threaded
+        meanwhile when there are several (``_threads.step_threads``)."""
+        s1, s2 = opt.state_
+        nt, guard = step_threads()
+        with guard:
+            return _net.train_epoch(
+                X, y_int, y_f, sw, perm, batch_size,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                opt.kind, hp, s1, s2, opt.step_,
+                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
+                ws["s2_next"], nt, ws["scratch"],
+            )
 
     def _resolve_optimizer(self, optimizer):
         if optimizer is not None:
@@ -593,19 +618,18 @@ class MLP:
         hp = opt._checked_hp(self.dtype)
         if not ck.writeable:
             self._make_writeable()
-        s1, s2 = opt.bind(self._params)
+        opt.bind(self._params)  # checks the state; _dense_epoch reads it
         if isinstance(X, v.SparseRows):
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
-        status, loss, _, step = _net.train_step(
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
-            y_int, y_f, sw, opt.kind, hp, s1, s2, opt.step_,
-            ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
+        # an epoch of one batch over the rows in order: the same compiled
+        # step as fit, and the epoch adopts the step's second buffer
+        status, _, loss, _, step = self._dense_epoch(X, y_int, y_f, sw, ws["order"][:n], n,
+                                                      kind, opt, hp, ws)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         opt.step_ = int(step)
-        return float(loss)
+        return loss / n
 
     def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
         """train_on_batch for SparseRows X: the sparse epoch kernel over all
@@ -685,16 +709,12 @@ class MLP:
         X, kind, y_int, y_f, sw = data
         n = X.shape[0]
         self.optimizer = optimizer
-        s1, s2 = optimizer.bind(self._params)
+        optimizer.bind(self._params)  # checks the state; _dense_epoch reads it
         ws = self._workspace(batch_size)
         perm = self._rng.permutation(n) if shuffle else np.arange(n)
-        status, batch, loss_sum, _, step = _net.train_epoch(
-            X, y_int, y_f, sw, perm, batch_size,
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            optimizer.kind, optimizer.hyperparameters(), s1, s2, optimizer.step_,
-            ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-            ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
+        status, batch, loss_sum, _, step = self._dense_epoch(
+            X, y_int, y_f, sw, perm, batch_size, kind, optimizer,
+            optimizer.hyperparameters(), ws)
         optimizer.step_ = int(step)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, int(batch) + 1,
