@@ -2,10 +2,12 @@
 
 For each (network, batch) it times one full training step (forward,
 softmax cross-entropy, backward, SGD-momentum update) for fastbp (epoch path
-and ``train_on_batch``), a plain NumPy implementation, the GEMM floor (only
-the matrix products a step needs, into preallocated outputs) and, when
+and ``train_on_batch``), a plain NumPy implementation, a naive Numba port of
+it (``fastbp/_bench_naive.py``: one ``@njit`` per operation), the GEMM floor
+(only the matrix products a step needs, into preallocated outputs) and, when
 installed, PyTorch eager and ``jax.jit``.  Implementations are interleaved
-round-robin and repeated in one run; medians and ratios are reported.
+round-robin and repeated in one run; medians and ratios are reported, and
+``--json`` / ``--plot`` write them as JSON and as a bar chart.
 
 The epoch path is ``MLP.fit`` for one epoch over up to 32 distinct batches
 (fewer for the largest networks), timed whole and divided by the batches:
@@ -152,7 +154,14 @@ class NaiveNumbaMLP:
 def make_naive_numba(widths, batch, dtype):
     net = NaiveNumbaMLP(widths, dtype)
     X, y = _data(widths, batch, dtype)
-    return lambda: net.step(X, y)
+
+    def step():
+        return net.step(X, y)
+    # Numba's products run on SciPy's OpenBLAS, a thread pool of its own beside
+    # NumPy's (which the floor, NumPy and fastbp use): let each pool go quiet
+    # before the other is timed (see _runner)
+    step.own_blas_pool = True
+    return step
 
 
 def make_floor(widths, batch, dtype):
@@ -387,8 +396,11 @@ def _timed(fn, n):
     return clock() - t0
 
 
-def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled):
-    """Child process: build one peer's step, then answer "time n calls"."""
+def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled, cpu_time=False):
+    """Child process: build one peer's step, then answer "time n calls" (by
+    the worker's own CPU time with ``cpu_time``, as the parent's clock)."""
+    if cpu_time:
+        _CLOCK[0] = time.process_time
     try:
         if kind == "torch":
             import torch
@@ -425,7 +437,8 @@ class PeerProcess:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_peer_worker, daemon=True,
-                                args=(child, kind, widths, batch, dtype, threads, compiled))
+                                args=(child, kind, widths, batch, dtype, threads,
+                                      compiled, _CLOCK[0] is time.process_time))
         self.proc.start()
         status, payload = self.conn.recv()
         if status != "ok":
@@ -453,9 +466,30 @@ class PeerProcess:
                 self.proc.kill()
 
 
+#: seconds for an idle OpenBLAS pool's threads to stop spinning (2**28 cycles)
+BLAS_SETTLE_S = 0.15
+
+
 def _runner(fn):
-    """A runner times n calls: in-process callables are wrapped here."""
-    return fn if isinstance(fn, PeerProcess) else (lambda n: _timed(fn, n))
+    """A runner times n calls: in-process callables are wrapped here.
+
+    A callable marked ``own_blas_pool`` (the naive Numba port: SciPy's
+    OpenBLAS) is timed as the peers are: after NumPy's pool has gone quiet
+    and after untimed calls that wake its own pool; its pool then gets the
+    same time to go quiet before anything else is timed.
+    """
+    if isinstance(fn, PeerProcess):
+        return fn
+    if not getattr(fn, "own_blas_pool", False):
+        return lambda n: _timed(fn, n)
+
+    def run(n):
+        time.sleep(BLAS_SETTLE_S)
+        _timed(fn, max(1, n // 5))
+        t = _timed(fn, n)
+        time.sleep(BLAS_SETTLE_S)
+        return t
+    return run
 
 
 def measure(impls, repeats, min_time):
@@ -1291,10 +1325,14 @@ def plot_results(doc, path):
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("network (layer widths) and batch; fastbp's time as a multiple of "
                   "NumPy's and the naive port's", fontsize=8)
-    ax.set_ylabel("time per training step (median)")
+    st = doc["settings"]
+    clock = "CPU time" if st.get("clock") == "process cpu" else "time"
+    ax.set_ylabel(f"{clock} per training step (median, IQR)")
     m, t = doc["machine"], doc["threads"]
     cpu = m["cpu"] if len(m["cpu"]) <= 48 else m["cpu"][:45] + "..."
-    ax.set_title(f"fastbp bench: one training step, {doc['settings']['dtype']}\n"
+    ax.set_title(f"fastbp bench: one training step, {st['dtype']}, "
+                 f"{clock if clock != 'time' else 'wall time'}, "
+                 f"medians of {st['repeats']} interleaved rounds\n"
                  f"{cpu}, {m['usable_cores'] or m['logical_cores']} cores; threads: "
                  f"Numba {t['numba']}, BLAS {_blas_threads(doc)}", fontsize=10)
     ax.grid(axis="y", which="major", alpha=0.3)
@@ -1345,9 +1383,9 @@ def main(argv=None):
     p.add_argument("--sparse-only", action="store_true",
                    help="only the sparse-input section (TF-IDF-like CSR X)")
     p.add_argument("--cpu-time", action="store_true",
-                   help="time in-process implementations by this process's CPU time, not "
-                        "wall time: steadier on a loaded machine; meaningful with --threads 1 "
-                        "(peers in worker processes keep wall time)")
+                   help="time by process CPU time, not wall time (each peer by its "
+                        "worker's): steadier on a loaded machine; meaningful with "
+                        "--threads 1")
     p.add_argument("--phases", action="store_true",
                    help="also time each phase of a step (gather, GEMMs, activations, loss, "
                         "deltas, update) for every size")
