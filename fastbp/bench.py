@@ -652,8 +652,9 @@ def machine_info(facts=None):
     lines.append(f"threads  : {t['fastbp']}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
-            lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which OpenBLAS "
-                         "kernels run and skews the comparison with NumPy. Unset it to measure.")
+            lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which "
+                         "OpenBLAS kernels run and skews the comparison with NumPy. "
+                         "Unset it to measure.")
     lines.append("peers    : torch and jax are timed in worker processes of their own, "
                  "interleaved with the rest")
     return lines
@@ -1250,11 +1251,23 @@ def _write_atomic(path, write, what):
                       f"{exc.strerror or exc}") from exc
 
 
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(doc, path):
-    """Write a :func:`bench_document` to ``path`` atomically."""
+    """Write a :func:`bench_document` to ``path`` atomically (strict JSON:
+    a non-finite figure becomes null)."""
     import json
 
-    data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+    data = (json.dumps(_finite_or_none(doc), indent=1, allow_nan=False) + "\n").encode()
     _write_atomic(path, lambda fh: fh.write(data), "--json")
 
 
