@@ -240,6 +240,42 @@ def test_write_json_error_names_the_path(tmp_path):
     bench.write_json({"a": 1}, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left
+    bench.write_json({"r": [1.5, float("nan")], "s": {"t": float("inf")}},
+                     tmp_path / "out.json")  # strict JSON: null, not NaN
+    assert json.loads((tmp_path / "out.json").read_text()) == {"r": [1.5, None],
+                                                               "s": {"t": None}}
+
+
+def _made_up_document(impls, medians):
+    results = []
+    for widths, batch, scale in medians:
+        st = {k: {"median_s": scale * m, "q1_s": 0.9 * scale * m,
+                  "q3_s": 1.1 * scale * m} for k, m in impls.items()}
+        ratio = {k: {"value": impls["fastbp-epoch"] / impls[o], "target": None}
+                 for k, o in (("fastbp/numpy", "numpy"),
+                              ("fastbp/naive-numba", "naive-numba"))}
+        results.append({"widths": widths, "batch": batch, "impls": st,
+                        "ratios": ratio})
+    return {"settings": {"dtype": "float64", "repeats": 3, "clock": "wall"},
+            "machine": {"cpu": "A CPU with a very long model name " * 3,
+                        "usable_cores": 2, "logical_cores": 4},
+            "threads": {"numba": 2, "pools": [
+                {"user_api": "blas", "num_threads": 2},
+                {"user_api": "blas", "num_threads": 1}]},
+            "results": results}
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib is not installed")
+@pytest.mark.parametrize("spread", [1.0, 1000.0])  # linear and log time axis
+def test_plot_results_draws_every_kind_of_bar(tmp_path, spread):
+    impls = {"fastbp-epoch": 1e-4, "floor": 0.9e-4, "numpy": 2e-4,
+             "naive-numba": 1.5e-4, "torch": 5e-4, "jax.jit": 3e-4}
+    doc = _made_up_document(impls, [((8, 16, 4), 8, 1.0), ((64, 128, 10), 32, spread)])
+    bench.plot_results(doc, tmp_path / "chart.svg")
+    svg = (tmp_path / "chart.svg").read_text()
+    for label in ("naive Numba port", "NumPy step", "PyTorch eager", "jax.jit",
+                  "BLAS 1/2", "float64"):
+        assert label in svg
 
 
 @pytest.mark.parametrize("widths", [(8, 16, 3), (8, 16, 12, 3), (5, 3)])
