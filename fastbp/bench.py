@@ -282,14 +282,17 @@ def make_phases(widths, batch, dtype, n_batches=16):
             if k > 0:
                 matmul(ds[k + 1], params[k][0].T, ds[k])
 
+    p_next, v_next = np.zeros_like(grads_flat), np.zeros_like(grads_flat)
+
     def update():
-        ko.all_finite(grads_flat)
-        ko.apply_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2)
+        # the step's one pass: checked update into the second buffers
+        ko.fused_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2, p_next,
+                        v_next, v_next)
 
     return {"gather": gather, "forward GEMMs": forward_products,
             "bias+activation": bias_activation, "softmax loss": loss,
             "delta (g', db)": deltas, "backward GEMMs": backward_products,
-            "check+update": update}
+            "checked update": update}
 
 
 def phase_table(widths, batch, dtype, repeats, min_time):
