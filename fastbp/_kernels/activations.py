@@ -52,34 +52,39 @@ def bias_activation_cols(a, b, code, c0, c1):
         return
     n = a.shape[0]
     zero = a.dtype.type(0)
+    # loops over slices from 0: with ``range(c0, c1)`` the index could be
+    # negative, and Numba's wraparound test stopped the loops vectorising
+    # (5x slower, benchmarks/step_time_ab.py)
+    bc = b[c0:c1]
     for i in range(n):
-        row = a[i]
+        row = a[i, c0:c1]
         if code == RELU:
-            for j in range(c0, c1):
-                v = row[j] + b[j]
+            for j in range(bc.size):
+                v = row[j] + bc[j]
                 # `zero if v < zero else v`, not `max`: NaN must stay NaN so a
                 # diverging step is reported (test_relu_keeps_nan).
                 row[j] = zero if v < zero else v  # noqa: FURB136 (max() drops NaN)
         else:
-            for j in range(c0, c1):
-                row[j] = row[j] + b[j]
+            for j in range(bc.size):
+                row[j] = row[j] + bc[j]
 
 
 @njit(**JIT)
 def bias_smooth(a, b, code, c0, c1):
     """``bias_activation_cols`` for SIGMOID and TANH (any other code: tanh)."""
     n = a.shape[0]
+    bc = b[c0:c1]
     for i in range(n):
-        row = a[i]
+        row = a[i, c0:c1]
         if code == SIGMOID:
             # elementary.sigmoid: exp(-|v|) never overflows and keeps full
             # relative precision for very negative v (test_sigmoid_extremes);
             # it and tanh vectorise (no call per element).
-            for j in range(c0, c1):
-                row[j] = sigmoid(row[j] + b[j])
+            for j in range(bc.size):
+                row[j] = sigmoid(row[j] + bc[j])
         else:
-            for j in range(c0, c1):
-                row[j] = tanh(row[j] + b[j])
+            for j in range(bc.size):
+                row[j] = tanh(row[j] + bc[j])
 
 
 _bias_activation_cols = linked("activations.bias_activation_cols")
@@ -152,29 +157,31 @@ def delta_cols(d, h, code, db, c0, c1):
     n = d.shape[0]
     zero = d.dtype.type(0)
     one = d.dtype.type(1)
-    for j in range(c0, c1):
-        db[j] = zero
+    dbc = db[c0:c1]  # slices: see bias_activation_cols
+    k = dbc.size
+    for j in range(k):
+        dbc[j] = zero
     for i in range(n):
-        dr = d[i]
-        hr = h[i]
+        dr = d[i, c0:c1]
+        hr = h[i, c0:c1]
         if code == RELU:
-            for j in range(c0, c1):
+            for j in range(k):
                 v = dr[j] if hr[j] > zero else zero
                 dr[j] = v
-                db[j] += v
+                dbc[j] += v
         elif code == SIGMOID:
-            for j in range(c0, c1):
+            for j in range(k):
                 v = dr[j] * hr[j] * (one - hr[j])
                 dr[j] = v
-                db[j] += v
+                dbc[j] += v
         elif code == TANH:
-            for j in range(c0, c1):
+            for j in range(k):
                 v = dr[j] * (one - hr[j] * hr[j])
                 dr[j] = v
-                db[j] += v
+                dbc[j] += v
         else:
-            for j in range(c0, c1):
-                db[j] += dr[j]
+            for j in range(k):
+                dbc[j] += dr[j]
 
 
 @njit(**JIT)

@@ -363,9 +363,11 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
         gemm(TRANS, NO_TRANS, r1 - r0, d_out, m, h_in, r0, d_in, da, 0, d_out, grads, lo,
              d_out)
         if alpha != 0.0:
-            for i in range(lo, hi):
-                grads[i] += reg * params[i]
-                acc += params[i] * params[i]
+            gs = grads[lo:hi]  # slices indexed from 0: no wraparound test, vectorises
+            ps = params[lo:hi]
+            for i in range(gs.size):
+                gs[i] += reg * ps[i]
+                acc += ps[i] * ps[i]
         worst = _update_block(lo, hi, opt_kind, hp, step, params, grads, s1, s2, p_next,
                              s1_next, s2_next)
         if dh.shape[0] > 0:
