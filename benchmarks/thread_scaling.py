@@ -50,7 +50,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--min-flops", type=float, default=None,
+                   help="override fastbp._threads.PARALLEL_MIN_FLOPS (0: always split)")
     args = p.parse_args(argv)
+    if args.min_flops is not None:
+        fb._threads.PARALLEL_MIN_FLOPS = args.min_flops
     nt = args.threads
     print(f"threads 1 vs {nt}, {args.dtype}, {args.rounds} rounds, wall time (us per step)")
     for widths, batch in parse_sizes(args.sizes):

@@ -98,7 +98,18 @@ BLAS_SINGLE = _BlasSingleThreaded()
 NO_GUARD = _NoGuard()
 
 
-def step_threads():
-    """(threads a training step uses, the BLAS guard to hold around it)."""
+#: a step is split between threads only when each thread gets at least this
+#: many floating-point operations of matrix products (6 m sum(d_in d_out)
+#: per step): below it, waking the threads and splitting the products costs
+#: more than it saves (benchmarks/thread_scaling.py --min-flops 0,
+#: docs/performance.md)
+PARALLEL_MIN_FLOPS = 2e6
+
+
+def step_threads(flops=float("inf")):
+    """(threads a training step of ``flops`` product flops uses, the BLAS
+    guard to hold around it)."""
     nt = numba.get_num_threads()
+    if nt > 1 and flops < PARALLEL_MIN_FLOPS * nt:
+        nt = 1
     return nt, (BLAS_SINGLE if nt > 1 else NO_GUARD)

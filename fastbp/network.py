@@ -558,7 +558,11 @@ class MLP:
                 if classify:
                     history["accuracy"].append(correct / n)
                 if validation_data is not None:
-                    scores = self.evaluate(Xv, yv)
+                    # NumPy's OpenBLAS single-threaded here too when the steps
+                    # run on several threads: its woken threads would spin for
+                    # ~0.1 s into the next epoch, on the cores the steps use
+                    with step_threads()[1]:
+                        scores = self.evaluate(Xv, yv)
                     history["val_loss"].append(scores["loss"])
                     if classify:
                         history["val_accuracy"].append(scores["accuracy"])
@@ -582,7 +586,9 @@ class MLP:
         threads of the calling thread, with NumPy's OpenBLAS single-threaded
         meanwhile when there are several (``_threads.step_threads``)."""
         s1, s2 = opt.state_
-        nt, guard = step_threads()
+        w = self.widths
+        flops = 6.0 * min(batch_size, perm.size) * float(np.dot(w[:-1], w[1:]))
+        nt, guard = step_threads(flops)
         with guard:
             return _net.train_epoch(
                 X, y_int, y_f, sw, perm, batch_size,

@@ -99,8 +99,10 @@ _FIRST_FIT = textwrap.dedent(
     import json
     import numpy as np
     import fastbp as fb
+    from fastbp import _threads
     from fastbp._kernels import linking
     from numba import types
+    _threads.PARALLEL_MIN_FLOPS = 0  # split even this tiny step on 2 threads
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32)
     y = rng.integers(0, 3, 64)

@@ -15,6 +15,12 @@ from fastbp._threads import BLAS_SINGLE
 pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                                 reason="needs a Numba thread pool of 2 or more")
 
+
+@pytest.fixture(autouse=True)
+def _always_split(monkeypatch):
+    # these networks are small enough that the step would run on one thread
+    monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
+
 # widths whose blocks are uneven (not multiples of 16) and wide enough that
 # the forward products are split too (>= 32 columns per thread)
 CASES = [
@@ -96,6 +102,13 @@ def test_divergence_on_threads_leaves_the_last_good_step(threads):
         np.testing.assert_array_equal(got[1], want[1])
         assert got[2] == want[2]
     assert np.isfinite(before_loss[0]).all()
+
+
+def test_small_steps_stay_on_one_thread(monkeypatch):
+    monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
+    numba.set_num_threads(2)
+    assert fb._threads.step_threads(3e6)[0] == 1
+    assert fb._threads.step_threads(5e6)[0] == 2
 
 
 def test_blas_threads_are_restored():
