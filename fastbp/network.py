@@ -408,6 +408,8 @@ class MLP:
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 # the step's per-thread L2 sums and update severities
                 "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
+                # product flops of a step per batch row (_threads.step_threads)
+                "flops_per_row": 6.0 * sum(a * b for a, b in zip(w[:-1], w[1:])),
                 # rows in order: train_on_batch is an epoch of one batch
                 "order": np.arange(cap),
             }
@@ -586,9 +588,7 @@ class MLP:
         threads of the calling thread, with NumPy's OpenBLAS single-threaded
         meanwhile when there are several (``_threads.step_threads``)."""
         s1, s2 = opt.state_
-        w = self.widths
-        flops = 6.0 * min(batch_size, perm.size) * float(np.dot(w[:-1], w[1:]))
-        nt, guard = step_threads(flops)
+        nt, guard = step_threads(min(batch_size, perm.size) * ws["flops_per_row"])
         with guard:
             return _net.train_epoch(
                 X, y_int, y_f, sw, perm, batch_size,
