@@ -8,6 +8,7 @@ activations of a batch in one preallocated workspace.  A whole epoch
 compiled call, so Python costs nothing per layer or per batch.
 """
 
+import itertools
 import sys
 
 import numba
@@ -409,7 +410,7 @@ class MLP:
                 # the step's per-thread L2 sums and update severities
                 "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
                 # product flops of a step per batch row (_threads.step_threads)
-                "flops_per_row": 6.0 * sum(a * b for a, b in zip(w[:-1], w[1:])),
+                "flops_per_row": 6.0 * sum(a * b for a, b in itertools.pairwise(w)),
                 # rows in order: train_on_batch is an epoch of one batch
                 "order": np.arange(cap),
             }
