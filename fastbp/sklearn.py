@@ -25,13 +25,32 @@ and expose fitted attributes with the same names:
 * ``dtype`` (fastbp only): ``None`` (default) works in float32 when ``X`` is
   float32 and in float64 otherwise, as scikit-learn does; ``"float32"`` is
   faster.
+* Starting weights: drawn as scikit-learn draws them, from the same
+  ``random_state`` in the same order (uniform within Glorot's bound
+  ``sqrt(factor / (fan_in + fan_out))``, factor 2 for logistic and 6
+  otherwise, biases drawn too), so the same ``random_state`` starts from the
+  same weights and full-batch L-BFGS follows scikit-learn's path to
+  rounding.  (``fb.MLP`` itself uses He's bound for ReLU layers and zero
+  biases.)
+* ``coefs_`` and ``intercepts_`` are views into the model's parameters;
+  assigning either list, or one entry, writes into the model after the
+  checks of any input.  Assigned before the first fit, they are the
+  starting weights of the next ``warm_start`` fit or ``partial_fit``.
+* An early-stopping fit whose step is not finite ends, with a
+  ConvergenceWarning, at the weights of the best validation score, with
+  NaN as the last validation score (scikit-learn goes on from non-finite
+  weights; fastbp never applies such a step).
 
-Differences that remain: weights are initialised as ``fb.MLP`` does (He for
-ReLU layers, biases at zero), not with scikit-learn's random generator, so
-results are comparable but not identical; Adam adds ``epsilon`` after the
-bias correction of the second moment (scikit-learn before); for several
+Differences that remain: Adam adds ``epsilon`` after the bias correction of
+the second moment (scikit-learn before: the same as fastbp's with epsilon
+``epsilon / sqrt(1 - beta_2 ** t)``, which differs only over the first steps
+and only where a gradient is near ``epsilon``); fastbp keeps one Adam, the
+PyTorch rule of ``fb.Adam``, inside its one compiled call per epoch.  The
+sgd/adam shuffles come from a
+generator of fastbp's own (seeded from ``random_state``); for several
 regression outputs the reported loss sums over the outputs (scikit-learn
-averages the data term but not its gradient).
+averages the data term but not its gradient).  scikit-learn's own test
+module passes against these estimators (tests/test_sklearn_upstream.py).
 
 scikit-learn is an optional dependency: it is imported only by this module.
 """
