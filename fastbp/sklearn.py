@@ -351,6 +351,7 @@ class _BaseMLP(BaseEstimator):
                              f"intercepts_; got only {', '.join(pending)}")
         self._set_layers("coefs_", pending["coefs_"])
         self._set_layers("intercepts_", pending["intercepts_"])
+        self._best_params = self._model.flat_params.copy()
 
     @property
     def model_(self):
