@@ -77,8 +77,10 @@ _MODULE, _REASON = _load_upstream()
 
 @pytest.fixture
 def global_random_seed():
-    """scikit-learn's fixture, at its default seed (42)."""
-    return int(os.environ.get("SKLEARN_TESTS_GLOBAL_RANDOM_SEED", "42").split("-")[0])
+    """scikit-learn's fixture at its default seed, 42, or the first seed of
+    SKLEARN_TESTS_GLOBAL_RANDOM_SEED when that is a number or a range "a-b"."""
+    first = os.environ.get("SKLEARN_TESTS_GLOBAL_RANDOM_SEED", "42").split("-")[0].strip()
+    return int(first) if first.isdigit() else 42
 
 
 if _MODULE is None:
