@@ -140,7 +140,7 @@ def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path, thre
     used = sorted(["activations.bias_activation_cols", "activations.delta_cols",
                    "losses.row_weights", "losses.softmax_xent_labels", "network.backward_block",
                    "network.forward_block", "network.train_step", "network.update_block",
-                   "optim.sgd_fused"] + (["network.backward_layer_par"] if threads > 1 else []))
+                   "optim.sgd_fused"] + (["network.layer_par"] if threads > 1 else []))
     cold = _first_fit(tmp_path, threads)
     assert cold["linked"] == used
     assert cold["compiled"] == used  # no other loss, no Adam, no float64

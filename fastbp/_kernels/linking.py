@@ -79,22 +79,23 @@ def _train_step_args(t):
             _c(t, 1))
 
 
-def _forward_layer_par_args(t):
-    return (_c(t, 1), _I64, _I64, _I64, _I64, _c(t, 2), _c(t, 2), _I64)
-
-
 def _forward_block_args(t):
     return (_c(t, 1), _I64, _I64, _I64, _I64, _c(t, 2), _c(t, 2), _I64, _I64)
 
 
-def _backward_layer_par_args(t):
+def _layer_args(t):
+    # params, grads, offset, d_in, d_out, h_in, da, dh, code, alpha, opt_kind,
+    # hp, s1, s2, step, p_next, s1_next, s2_next
     return (_c(t, 1), _c(t, 1), _I64, _I64, _I64, _c(t, 2), _c(t, 2), _c(t, 2), _I64, _F64,
-            _I64, _c(_F64, 1), _c(t, 1), _c(t, 1), _I64, _c(t, 1), _c(t, 1), _c(t, 1), _I64,
-            _c(t, 1))
+            _I64, _c(_F64, 1), _c(t, 1), _c(t, 1), _I64, _c(t, 1), _c(t, 1), _c(t, 1))
 
 
 def _backward_block_args(t):
-    return (_I64, _I64) + _backward_layer_par_args(t)[:-2] + (_c(t, 1),)
+    return (_I64, _I64, *_layer_args(t), _c(t, 1))
+
+
+def _layer_par_args(t):
+    return (_I64, *_layer_args(t), _I64, _c(t, 1))
 
 
 def _update_block_args(t):
@@ -130,9 +131,8 @@ _SPECS = {
     "optim.adam_fused": (_adam_fused_args, lambda t: _I64),
     "network.update_block": (_update_block_args, lambda t: _I64),
     "network.forward_block": (_forward_block_args, lambda t: _NONE),
-    "network.forward_layer_par": (_forward_layer_par_args, lambda t: _NONE),
     "network.backward_block": (_backward_block_args, lambda t: _NONE),
-    "network.backward_layer_par": (_backward_layer_par_args, lambda t: _NONE),
+    "network.layer_par": (_layer_par_args, lambda t: _NONE),
     "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
 }
 _LEAVES = list(_SPECS)

@@ -284,27 +284,14 @@ def forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1):
         bias_activation_cols(out, params[b_off:b_off + d_out], code, c0, c1)
 
 
-@njit(**JIT_PARALLEL)
-def forward_layer_par(params, p_off, d_in, d_out, code, h, out, nt):
-    """One layer's forward pass split by output columns between nt threads,
-    each calling BLAS single-threaded on its block (``forward_block``): a
-    thread reads only its columns of W and writes only its columns of out.
-    A leaf of its own, whose loop body is a call of another leaf, so that
-    Numba's parallel passes see only this loop (with the whole step or the
-    block's body inside, they took seconds of a cold first fit)."""
-    for t in prange(nt):
-        c0, c1 = block(d_out, nt, np.int64(t))
-        _forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1)
-
-
 _forward_block = linked("network.forward_block")
-_forward_layer_par = linked("network.forward_layer_par")
 
 
 @njit(**JIT_INLINE)
 def forward_blocks(params, widths, codes, x, acts, nt):
-    """``forward`` with each wide layer split between nt threads
-    (``forward_layer_par``); the narrow ones (the output layer) on one."""
+    """``forward`` with each wide layer split by output columns between nt
+    threads (``layer_par``; a thread reads only its columns of W and writes
+    only its columns of out); the narrow ones (the output layer) on one."""
     m = x.shape[0]
     h = x
     p_off = 0
@@ -316,7 +303,8 @@ def forward_blocks(params, widths, codes, x, acts, nt):
         if nt == 1 or d_out < MIN_COLS_PER_THREAD * nt:
             _forward_block(params, p_off, d_in, d_out, codes[k], h, out, 0, d_out)
         else:
-            _forward_layer_par(params, p_off, d_in, d_out, codes[k], h, out, nt)
+            _layer_par(FORWARD, params, params, p_off, d_in, d_out, h, out, out, codes[k], 0.0,
+                       0, _NO_HP, params, params, 0, params, params, params, nt, params)
         h = out
         p_off += d_in * d_out + d_out
         a_off += m * d_out
@@ -381,19 +369,37 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
     scratch[nt + t] = params.dtype.type(worst)
 
 
+FORWARD = 0
+BACKWARD = 1
+#: hp argument of a forward ``layer_par`` call (not read)
+_NO_HP = np.zeros(5)
+
+
 @njit(**JIT_PARALLEL)
-def backward_layer_par(params, grads, w_off, d_in, d_out, h_in, da, dh, code_below, alpha,
-                       opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
-    """``backward_block`` for the nt blocks of one layer in parallel, each
-    calling BLAS single-threaded (a leaf of its own, as forward_layer_par)."""
+def layer_par(which, params, grads, off, d_in, d_out, h_in, da, dh, code, alpha, opt_kind,
+              hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
+    """The nt thread blocks of one layer in parallel, each calling BLAS
+    single-threaded: ``forward_block`` of its output columns (FORWARD:
+    h_in, W at ``params[off]``, out = ``da``; the arguments after ``code``
+    are not read) or ``backward_block`` (BACKWARD, W at ``params[off]``).
+
+    One parallel leaf for both, whose loop body is a call of a serial
+    leaf: Numba's parfor passes cost about 1 s of CPU per parallel function
+    on a cold compile, and took 5-15 s with the block's body or the whole
+    step inside (docs/performance.md)."""
     for t in prange(nt):
-        # (prange's index is unsigned; the leaf's signature says int64)
-        _backward_block(np.int64(t), nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
-                       alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, scratch)
+        # (prange's index is unsigned; the leaves' signatures say int64)
+        if which == FORWARD:
+            c0, c1 = block(d_out, nt, np.int64(t))
+            _forward_block(params, off, d_in, d_out, code, h_in, da, c0, c1)
+        else:
+            _backward_block(np.int64(t), nt, params, grads, off, d_in, d_out, h_in, da, dh,
+                            code, alpha, opt_kind, hp, s1, s2, step, p_next, s1_next,
+                            s2_next, scratch)
 
 
 _backward_block = linked("network.backward_block")
-_backward_layer_par = linked("network.backward_layer_par")
+_layer_par = linked("network.layer_par")
 
 
 @njit(**JIT_INLINE)
@@ -446,9 +452,9 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
                            alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next,
                            scratch)
         else:
-            _backward_layer_par(params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
-                                alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next,
-                                nt, scratch)
+            _layer_par(BACKWARD, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
+                       alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt,
+                       scratch)
         for t in range(nt):
             l2 += scratch[t]
             worst = max(worst, int(scratch[nt + t]))
