@@ -9,9 +9,11 @@ compiled call, so Python costs nothing per layer or per batch.
 """
 
 import sys
+import time
 
 import numpy as np
 
+from . import _responsive as _r
 from . import _validation as v
 from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
@@ -181,6 +183,7 @@ class MLP:
         self.optimizer = None
         self.history = {}
         self.epochs_trained = 0
+        self._partial = None
         self.initialize()
 
     # -- structure ---------------------------------------------------------
@@ -236,6 +239,43 @@ class MLP:
         self.optimizer = None
         self.epochs_trained = 0
         self.history = {}
+        self._partial = None
+
+    @property
+    def partial_epoch(self):
+        """Where an interrupted epoch stands, or None after a complete one.
+
+        A dict with "epoch" (1-based), "steps" (batches trained in it) and
+        "rows".  The parameters, optimizer state and step count are those
+        after these steps; ``history`` covers complete epochs only.  The
+        next ``fit`` with the same data and ``batch_size`` trains the rest
+        of this epoch first (the same rows in the same order), so that an
+        interrupted and continued run equals an uninterrupted one.
+        """
+        p = self.__dict__.get("_partial")
+        if p is None:
+            return None
+        return {"epoch": self.epochs_trained + 1, "steps": p["batches"],
+                "rows": min(p["n"], p["batches"] * p["batch_size"])}
+
+    def _partial_record(self, rng_state, n, batch_size, state):
+        """What a continued fit needs of an unfinished epoch: the generator's
+        state before the epoch's shuffle (None without shuffling), its size
+        and batch size, and the batches done with their loss and
+        right-answer sums."""
+        return {"rng_state": rng_state, "n": int(n), "batch_size": int(batch_size),
+                "batches": int(state.done), "loss_sum": float(state.loss_sum),
+                "correct": int(state.correct)}
+
+    def _take_partial(self, n, batch_size, shuffle):
+        """The unfinished epoch to continue, if it was over n rows with this
+        batch size and shuffling; it is dropped either way."""
+        p = self.__dict__.get("_partial")
+        self._partial = None
+        if p is None or p["n"] != n or p["batch_size"] != batch_size or \
+                (p["rng_state"] is not None) != shuffle:
+            return None
+        return p
 
     # -- data --------------------------------------------------------------
     def _check_structure(self):
@@ -482,8 +522,9 @@ class MLP:
         sw = v.as_sample_weight(sample_weight, n)
         epochs = v.as_positive_int(epochs, "epochs")
         shuffle = v.as_bool(shuffle, "shuffle")
-        progress = v.as_bool(progress, "progress")
-        checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
+        if not isinstance(progress, _r.Progress):  # a bar the CLI shares between fits
+            progress = v.as_bool(progress, "progress")
+        every_e, every_s = _r.parse_every(checkpoint_every)
         if checkpoint is not None:
             # reported now, not after the first epoch
             checkpoint = v.check_writable_path(checkpoint, "checkpoint")
@@ -513,58 +554,123 @@ class MLP:
             if classify:
                 history["val_accuracy"] = []
 
-        bar = None
         # A first fit in a fresh environment compiles for seconds: say so
-        # before the wait, and start the bar after that epoch so that its
-        # rate and ETA measure training, not compilation.
-        compiling = progress and compile_pending(self.dtype)
+        # before the wait, and start the bar after the first slice so that
+        # its rate and ETA measure training, not compilation.
+        compiling = progress is True and compile_pending(self.dtype)
         if compiling:
             print(compile_notice(self.dtype), file=sys.stderr, flush=True)
-        try:
-            for epoch_index in range(epochs):
-                if progress and bar is None and not (compiling and epoch_index == 0):
-                    from tqdm.auto import tqdm
+        nb = -(-n // batch_size)
+        slicer = _r.Slicer(batch_size, self.widths)
+        partial = self._take_partial(n, batch_size, shuffle)
+        own_bar = progress is True
+        bar = progress if isinstance(progress, _r.Progress) else None
+        total_rows = epochs * n - (0 if partial is None else
+                                   min(n, partial["batches"] * batch_size))
+        last_save = [time.monotonic()]
+        perm = None
 
-                    bar = tqdm(total=epochs, initial=epoch_index, unit="epoch", desc="fit")
-                perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                if sparse:
-                    status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
-                        X.data, X.indices, X.indptr, y_int, y_f, sw, perm, batch_size,
-                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                        opt.kind, hp, s1, s2, opt.step_,
-                        sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                        ws["delta_a"], ws["delta_b"], ws["rw"],
-                    )
-                else:
-                    status, batch, loss_sum, correct, step = _net.train_epoch(
-                        X, y_int, y_f, sw, perm, batch_size,
-                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                        opt.kind, hp, s1, s2, opt.step_,
-                        ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                        ws["delta_a"], ws["delta_b"], ws["rw"],
-                    )
-                opt.step_ = int(step)
-                if status != 0:
-                    raise DivergenceError.from_status(status, self.epochs_trained + 1,
-                                                      int(batch) + 1, batch_size)
-                self.epochs_trained += 1
-                history["loss"].append(loss_sum / n)
-                if classify:
-                    history["accuracy"].append(correct / n)
-                if validation_data is not None:
-                    scores = self.evaluate(Xv, yv)
-                    history["val_loss"].append(scores["loss"])
+        def commit(out):
+            opt.step_ = int(out[4])
+
+        if sparse:
+            def call(a, b):
+                out = _r.call_committing(train_epoch_sparse, (
+                    X.data, X.indices, X.indptr, y_int, y_f, sw, perm[a:b], batch_size,
+                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                    opt.kind, hp, s1, s2, opt.step_,
+                    sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                    ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+                return out[0], out[1], out[2], out[3]
+        else:
+            def call(a, b):
+                out = _r.call_committing(_net.train_epoch, (
+                    X, y_int, y_f, sw, perm[a:b], batch_size,
+                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                    opt.kind, hp, s1, s2, opt.step_,
+                    ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                    ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+                return out[0], out[1], out[2], out[3]
+
+        def save_checkpoint(state=None):
+            # mid-epoch (state given): the file also holds where the epoch stands
+            self._partial = None if state is None else self._partial_record(
+                rng_state, n, batch_size, state)
+            try:
+                self.save(checkpoint, include_optimizer=True)
+            finally:
+                self._partial = None
+            last_save[0] = time.monotonic()
+
+        state = rows_shown = None
+
+        def report(rows):
+            nonlocal bar, rows_shown
+            if progress is not False:
+                if bar is None:  # after the first slice, which may have compiled
+                    bar = _r.Progress(total_rows, epochs, initial=rows - rows_shown)
+                    bar.start_epoch(epoch_index + 1)
+                    rows_shown = rows
+                seen = state.done * batch_size if state.done < nb else n
+                bar.advance(rows - rows_shown, state.loss_sum / max(1, seen),
+                            state.correct / max(1, seen) if classify else None)
+                rows_shown = rows
+            if every_s is not None and time.monotonic() - last_save[0] >= every_s \
+                    and state.done < nb:
+                save_checkpoint(state)
+
+        try:
+            with _r.deferred():
+                for epoch_index in range(epochs):
+                    state = _r.EpochState()
+                    if partial is not None:
+                        if partial["rng_state"] is not None:
+                            self._rng.bit_generator.state = partial["rng_state"]
+                        state = _r.EpochState(partial["batches"], partial["loss_sum"],
+                                              partial["correct"])
+                        partial = None
+                    rows_shown = min(n, state.done * batch_size)
+                    rng_state = self._rng.bit_generator.state if shuffle else None
+                    perm = self._rng.permutation(n) if shuffle else np.arange(n)
+                    if bar is not None:
+                        bar.start_epoch(epoch_index + 1)
+                    try:
+                        status, batch = _r.run_epoch(call, n, batch_size, slicer, state,
+                                                     report)
+                        if status != 0:
+                            raise DivergenceError.from_status(
+                                status, self.epochs_trained + 1, batch + 1, batch_size)
+                        scores = None if validation_data is None else \
+                            self.evaluate(Xv, yv)
+                    except KeyboardInterrupt:
+                        # the last complete step, and where the epoch stands
+                        try:
+                            if checkpoint is not None:
+                                save_checkpoint(state)
+                        finally:
+                            self._partial = self._partial_record(rng_state, n,
+                                                                 batch_size, state)
+                        raise
+                    # one epoch's bookkeeping, with no check in between
+                    self.epochs_trained += 1
+                    history["loss"].append(state.loss_sum / n)
                     if classify:
-                        history["val_accuracy"].append(scores["accuracy"])
-                for k, vals in history.items():
-                    self.history.setdefault(k, []).append(vals[-1])
-                if checkpoint is not None and self.epochs_trained % checkpoint_every == 0:
-                    self.save(checkpoint, include_optimizer=True)
-                if bar is not None:
-                    bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
-                    bar.update(1)
+                        history["accuracy"].append(state.correct / n)
+                    if scores is not None:
+                        history["val_loss"].append(scores["loss"])
+                        if classify:
+                            history["val_accuracy"].append(scores["accuracy"])
+                    for k, vals in history.items():
+                        self.history.setdefault(k, []).append(vals[-1])
+                    if checkpoint is not None and (
+                            (every_e is not None and self.epochs_trained % every_e == 0)
+                            or (every_s is not None
+                                and time.monotonic() - last_save[0] >= every_s)):
+                        save_checkpoint()
+                    if bar is not None:
+                        bar.end_epoch({k: vals[-1] for k, vals in history.items()})
         finally:
-            if bar is not None:
+            if bar is not None and own_bar:
                 bar.close()
         return history
 
@@ -881,6 +987,7 @@ class MLP:
             model.optimizer.step_ = opt["step"]
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
+        model._partial = meta["partial_epoch"]
         return model
 
     def __getstate__(self):
