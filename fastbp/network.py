@@ -31,6 +31,7 @@ CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
 _INT64, _UINT64 = np.dtype(np.int64), np.dtype(np.uint64)
 _PREDICT_VALUES = 2**24
+_PREDICT_FLOPS = 1e9
 
 
 #: what each kernel status (network.train_step) found not finite
@@ -59,6 +60,18 @@ class DivergenceError(FloatingPointError):
         return cls(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
                    f"(batch_size={batch_size}); parameters are those before that step. "
                    "Try a smaller learning rate or scaled inputs.", epoch, step)
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+def _committer(opt, i):
+    """A commit for ``_responsive.call_committing``: the step count, item i
+    of a kernel's result, into ``opt.step_``."""
+    def commit(out):
+        opt.step_ = int(out[i])
+    return commit
 
 
 def _hidden_codes(activation, n_hidden):
@@ -570,8 +583,7 @@ class MLP:
         last_save = [time.monotonic()]
         perm = None
 
-        def commit(out):
-            opt.step_ = int(out[4])
+        commit = _committer(opt, 4)
 
         if sparse:
             def call(a, b):
@@ -703,14 +715,14 @@ class MLP:
         if isinstance(X, v.SparseRows):
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
-        status, loss, _, step = _net.train_step(
+        # one compiled step: a Ctrl-C during it is raised after it, with the
+        # step count committed (_responsive.call_committing)
+        status, loss, _, _ = _r.call_committing(_net.train_step, (
             self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
             y_int, y_f, sw, opt.kind, hp, s1, s2, opt.step_,
-            ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
+            ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"]), _committer(opt, 3))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        opt.step_ = int(step)
         return float(loss)
 
     def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
@@ -721,16 +733,15 @@ class MLP:
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n,
                              dense_x=False)
         sb = _sparse_batch_buffers(X, n)
-        status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
-            X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
-            sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-            ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
+        status, _, _, _, _, loss = _r.call_committing(
+            _sparse_kernels().train_epoch_sparse, (
+                X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
+                sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"]), _committer(opt, 4))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        opt.step_ = int(step)
         return float(loss)
 
     def loss_and_grad(self, X, y, sample_weight=None):
@@ -754,18 +765,20 @@ class MLP:
         delta_a = v.zeros(big, dt, "X", what)
         delta_b = v.zeros(big, dt, "X", what)
         grads = np.empty_like(self._params)
+        # One compiled call over all rows (cut into row chunks it would sum
+        # the gradient in another order: not bit-identical).  A long one
+        # runs in a worker thread so that Ctrl-C is raised at once; it
+        # writes only the fresh arrays above, which it then keeps.
+        run = _r.in_thread if n * _r.flops_per_row(w) > _r.THREAD_FLOPS else _call
         if isinstance(X, v.SparseRows):
-            kernel = _sparse_kernels().loss_and_grad_sparse
-            loss, _ = kernel(
-                self._params, grads, self.widths, self.codes, kind, self.alpha,
-                X.data, X.indices, X.indptr, y_int, y_f, sw,
-                acts, delta_a, delta_b, np.empty(n, dt),
-            )
+            loss, _ = run(_sparse_kernels().loss_and_grad_sparse,
+                          self._params, grads, self.widths, self.codes, kind, self.alpha,
+                          X.data, X.indices, X.indptr, y_int, y_f, sw,
+                          acts, delta_a, delta_b, np.empty(n, dt))
             return float(loss), self._views(grads)
-        loss, _ = _net.loss_and_grad(
-            self._params, grads, self.widths, self.codes, kind, self.alpha, X, y_int, y_f,
-            sw, acts, delta_a, delta_b, np.empty(n, dt),
-        )
+        loss, _ = run(_net.loss_and_grad,
+                      self._params, grads, self.widths, self.codes, kind, self.alpha, X,
+                      y_int, y_f, sw, acts, delta_a, delta_b, np.empty(n, dt))
         return float(loss), self._views(grads)
 
     # -- lean paths for callers that loop (fastbp.sklearn) --------------------
@@ -794,19 +807,27 @@ class MLP:
         s1, s2 = optimizer.bind(self._params)
         ws = self._workspace(batch_size)
         perm = self._rng.permutation(n) if shuffle else np.arange(n)
-        status, batch, loss_sum, _, step = _net.train_epoch(
-            X, y_int, y_f, sw, perm, batch_size,
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            optimizer.kind, optimizer.hyperparameters(), s1, s2, optimizer.step_,
-            ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-            ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
-        optimizer.step_ = int(step)
+        hp = optimizer.hyperparameters()
+
+        commit = _committer(optimizer, 4)
+
+        def call(a, b):
+            out = _r.call_committing(_net.train_epoch, (
+                X, y_int, y_f, sw, perm[a:b], batch_size,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                optimizer.kind, hp, s1, s2, optimizer.step_,
+                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+            return out[0], out[1], out[2], out[3]
+
+        state = _r.EpochState()
+        status, batch = _r.run_epoch(call, n, batch_size, _r.Slicer(batch_size, self.widths),
+                                     state)
         if status != 0:
-            raise DivergenceError.from_status(status, self.epochs_trained + 1, int(batch) + 1,
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, batch + 1,
                                               batch_size)
         self.epochs_trained += 1
-        return loss_sum / n
+        return state.loss_sum / n
 
     def _full_loss_grad(self, data):
         """Loss (L2 term included) over all rows of data from
@@ -823,8 +844,18 @@ class MLP:
                              np.empty(big, dt), np.empty(n, dt))
             self._full_ws_key = key
         acts, da, db, rw = self._full_ws
-        loss, _ = _net.loss_and_grad(self._params, self._grads, w, self.codes, kind,
-                                     self.alpha, X, y_int, y_f, sw, acts, da, db, rw)
+        args = (self._params, self._grads, w, self.codes, kind, self.alpha, X, y_int, y_f,
+                sw, acts, da, db, rw)
+        if n * _r.flops_per_row(w) <= _r.THREAD_FLOPS:
+            loss, _ = _net.loss_and_grad(*args)
+            return float(loss)
+        try:
+            loss, _ = _r.in_thread(_net.loss_and_grad, *args)
+        except KeyboardInterrupt:
+            # the abandoned worker still writes these: new ones for the model
+            self._grads = np.zeros_like(self._params)
+            self._full_ws = self._full_ws_key = None
+            raise
         return float(loss)
 
     # -- inference ---------------------------------------------------------
@@ -836,7 +867,10 @@ class MLP:
         per_row = sum(int(d) for d in self.widths[1:])
         # rows per chunk: at most _PREDICT_CHUNK, and activations of at most
         # _PREDICT_VALUES values, however wide the layers
-        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row))
+        # and, so that Ctrl-C and progress are seen between chunks, at most
+        # _PREDICT_FLOPS of work (but at least 64 rows)
+        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row,
+                         max(64, int(3 * _PREDICT_FLOPS // _r.flops_per_row(self.widths)))))
         acts = v.zeros(cap * per_row, self.dtype, "widths", "the activations of one row")
         if isinstance(X, v.SparseRows):
             forward_sparse = _sparse_kernels().forward_sparse
@@ -845,10 +879,12 @@ class MLP:
                 # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
                 out[s:e] = forward_sparse(self._params, self.widths, self.codes,
                                           X.data, X.indices, X.indptr[s:e + 1], acts)
+                _r.check()
         else:
             for s in range(0, n, cap):
                 out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
                                               X[s:s + cap], acts)
+                _r.check()
         if not np.isfinite(out).all():
             row = int(np.argmax(~np.isfinite(out).all(axis=1)))
             values = X.data if isinstance(X, v.SparseRows) else X
