@@ -364,12 +364,12 @@ def _check_rng_state(path, state):
 
 def _check_partial(path, p):
     """An unfinished epoch's record (``MLP._partial_record``), checked."""
-    ints = ("n", "batch_size", "batches", "correct")
+    ints = ("n", "batch_size", "batches", "correct", "ranks")
     ok = (set(p) == {"rng_state", "loss_sum", *ints}
           and all(isinstance(p[k], int) and not isinstance(p[k], bool) and p[k] >= 0
                   for k in ints)
-          and p["n"] >= 1 and p["batch_size"] >= 1
-          and p["batches"] <= -(-p["n"] // p["batch_size"]) and _is_number(p["loss_sum"])
+          and p["n"] >= 0 and p["batch_size"] >= 1 and p["ranks"] >= 1
+          and _is_number(p["loss_sum"])
           and (p["rng_state"] is None or isinstance(p["rng_state"], dict)))
     if not ok:
         _fail(path, "bad partial_epoch record")

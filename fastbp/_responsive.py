@@ -104,6 +104,13 @@ def pending():
     return _pending
 
 
+def take():
+    """Whether a deferred Ctrl-C was waiting; it no longer is."""
+    global _pending
+    was, _pending = _pending, False
+    return was
+
+
 def call_committing(kernel, args, commit):
     """``kernel(*args)``, with ``commit(result)`` run even when a
     KeyboardInterrupt is raised as the compiled call returns.
@@ -256,13 +263,15 @@ def parse_every(value, name="checkpoint_every"):
 class Progress:
     """One tqdm bar over the rows of a whole fit: rows done, rate, ETA and
     the running loss of the epoch; the epoch's figures (validation
-    included) when it ends.  ``leave_open``: for a bar a caller shares
-    between several fits (the CLI)."""
+    included) when it ends.  ``first_epoch``: the model's number of the
+    epoch shown as 1.  The CLI shares one between its calls of ``fit``."""
 
-    def __init__(self, total_rows, epochs, desc="fit", file=None, initial=0):
+    def __init__(self, total_rows, epochs, desc="fit", file=None, initial=0,
+                 first_epoch=1):
         from tqdm.auto import tqdm
 
         self.epochs = epochs
+        self.first = first_epoch
         self.epoch = 0
         self.bar = tqdm(total=total_rows, initial=initial, unit="row", unit_scale=True,
                         desc=desc, file=file, mininterval=0.1, smoothing=0.1,
@@ -270,7 +279,8 @@ class Progress:
         self.last = {}
 
     def start_epoch(self, epoch):
-        self.epoch = epoch
+        """``epoch``: the model's epoch number (``epochs_trained + 1``)."""
+        self.epoch = epoch - self.first + 1
 
     def advance(self, rows, loss=None, accuracy=None):
         post = {"epoch": f"{self.epoch}/{self.epochs}"}

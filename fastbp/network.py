@@ -271,22 +271,24 @@ class MLP:
         return {"epoch": self.epochs_trained + 1, "steps": p["batches"],
                 "rows": min(p["n"], p["batches"] * p["batch_size"])}
 
-    def _partial_record(self, rng_state, n, batch_size, state):
+    def _partial_record(self, rng_state, n, batch_size, state, ranks=1):
         """What a continued fit needs of an unfinished epoch: the generator's
         state before the epoch's shuffle (None without shuffling), its size
         and batch size, and the batches done with their loss and
-        right-answer sums."""
+        right-answer sums (over all ranks for a data-parallel fit on
+        ``ranks`` processes, whose ``n`` is this rank's)."""
         return {"rng_state": rng_state, "n": int(n), "batch_size": int(batch_size),
                 "batches": int(state.done), "loss_sum": float(state.loss_sum),
-                "correct": int(state.correct)}
+                "correct": int(state.correct), "ranks": ranks}
 
-    def _take_partial(self, n, batch_size, shuffle):
+    def _take_partial(self, n, batch_size, shuffle, ranks=1):
         """The unfinished epoch to continue, if it was over n rows with this
-        batch size and shuffling; it is dropped either way."""
+        batch size, shuffling and number of ranks; it is dropped either way."""
         p = self.__dict__.get("_partial")
         self._partial = None
         if p is None or p["n"] != n or p["batch_size"] != batch_size or \
-                (p["rng_state"] is not None) != shuffle:
+                (p["rng_state"] is not None) != shuffle or p["ranks"] != ranks or \
+                (ranks == 1 and p["batches"] > -(-n // batch_size)):
             return None
         return p
 
@@ -581,6 +583,7 @@ class MLP:
         total_rows = epochs * n - (0 if partial is None else
                                    min(n, partial["batches"] * batch_size))
         last_save = [time.monotonic()]
+        first_epoch = self.epochs_trained + 1
         perm = None
 
         commit = _committer(opt, 4)
@@ -620,8 +623,9 @@ class MLP:
             nonlocal bar, rows_shown
             if progress is not False:
                 if bar is None:  # after the first slice, which may have compiled
-                    bar = _r.Progress(total_rows, epochs, initial=rows - rows_shown)
-                    bar.start_epoch(epoch_index + 1)
+                    bar = _r.Progress(total_rows, epochs, initial=rows - rows_shown,
+                                      first_epoch=first_epoch)
+                    bar.start_epoch(self.epochs_trained + 1)
                     rows_shown = rows
                 seen = state.done * batch_size if state.done < nb else n
                 bar.advance(rows - rows_shown, state.loss_sum / max(1, seen),
@@ -633,7 +637,7 @@ class MLP:
 
         try:
             with _r.deferred():
-                for epoch_index in range(epochs):
+                for _ in range(epochs):
                     state = _r.EpochState()
                     if partial is not None:
                         if partial["rng_state"] is not None:
@@ -645,7 +649,7 @@ class MLP:
                     rng_state = self._rng.bit_generator.state if shuffle else None
                     perm = self._rng.permutation(n) if shuffle else np.arange(n)
                     if bar is not None:
-                        bar.start_epoch(epoch_index + 1)
+                        bar.start_epoch(self.epochs_trained + 1)
                     try:
                         status, batch = _r.run_epoch(call, n, batch_size, slicer, state,
                                                      report)
