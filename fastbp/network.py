@@ -490,16 +490,23 @@ class MLP:
         sample_weight : array_like, shape (n,), optional
             Row weights: each batch loss is the weighted mean.
         progress : bool
-            Show a tqdm progress bar with loss and accuracy.
+            Show a tqdm progress bar over the rows of the whole fit, updated
+            within each epoch (at least every 0.5 s on a long one): rows
+            done, rate, ETA, the epoch's running loss and accuracy; the
+            validation figures when each epoch ends.  Off, it costs nothing.
         checkpoint : str or path, optional
             Save the model with its optimizer state and generator state to
-            this file (atomically) every ``checkpoint_every`` epochs.  After an
+            this file (atomically) every ``checkpoint_every`` epochs (or
+            seconds), and when a Ctrl-C stops the fit.  After an
             interruption, ``model = MLP.load(checkpoint)`` and
             ``model.fit(X, y, epochs=total - model.epochs_trained, ...)`` with
             the same data and batch size reach the same parameters as the
-            uninterrupted run.
-        checkpoint_every : int
-            Epochs between checkpoints.
+            uninterrupted run (a checkpoint written inside an epoch holds
+            where that epoch stands; the fit finishes it first).
+        checkpoint_every : int, str or datetime.timedelta
+            Epochs between checkpoints, or a time between them for long
+            epochs: "30s", "10min", "2h" (checked between slices of an
+            epoch, so a checkpoint may fall inside one).
         comm : mpi4py communicator, optional
             Data-parallel training over the ranks of ``comm`` (e.g.
             ``MPI.COMM_WORLD``): X, y, sample_weight and validation_data are
@@ -522,6 +529,16 @@ class MLP:
         DivergenceError
             If a step's loss or gradient is not finite; the parameters stay
             as they were before that step.
+        KeyboardInterrupt
+            On Ctrl-C, within a fraction of a second (each epoch runs as
+            compiled calls on slices of whole batches of about 0.1 s, which
+            train exactly as one call would).  The model keeps the
+            parameters, optimizer state and step count of the last complete
+            step; ``history`` covers complete epochs, ``partial_epoch`` says
+            how many steps of the interrupted one were taken, and the next
+            ``fit`` on the same data and batch size trains the rest of it
+            first.  With ``checkpoint``, that state is written before the
+            exception propagates.
         """
         if comm is not None:
             from . import distributed
@@ -703,7 +720,8 @@ class MLP:
 
         Arguments as in ``fit``.  Returns the batch loss (L2 term included).
         Raises DivergenceError (parameters unchanged) on a non-finite loss or
-        gradient.
+        gradient.  The step is one compiled call: a Ctrl-C during it is
+        raised when it returns, with the step applied and counted.
         """
         ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         X = self._check_X(X, ck=ck)
@@ -750,6 +768,11 @@ class MLP:
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Loss over all rows of X and its gradient, without updating.
+
+        One compiled call over all rows (cutting it into row chunks would
+        sum the gradient in another order, not bit-identically); a long one
+        runs in a worker thread so that Ctrl-C raises KeyboardInterrupt at
+        once, the abandoned call finishing in the background.
 
         Returns
         -------
