@@ -2,8 +2,8 @@
 references of issue 9 (asv timeraw_ for the times, track_ for the ratios).
 
 The scripts are those of ``fastbp bench --startup`` (fastbp/bench.py):
-``import numba`` alone; the cold compile of a plain eight-function @njit MLP
-step; import fastbp plus the first fit of a float32 ReLU 64-128-10 network
+``import numba`` alone; the cold compile of the naive Numba port of an MLP
+step (fastbp/_bench_naive.py, one @njit per operation); import fastbp plus the first fit of a float32 ReLU 64-128-10 network
 with an empty cache (cold) and with the cache written (warm).  asv times
 each whole script (imports included).  The scripts of ``fastbp bench``
 print their own timings as their last line; asv's timeraw reads a script's
@@ -43,7 +43,8 @@ class StartupSuite(Benchmark):
                 + _quiet(bench.STARTUP_FIRST_FIT))
 
     def timeraw_naive_step_cold(self):
-        # The reference: a plain eight-function @njit step, compiled cold.
+        # The reference: the naive Numba port's step, compiled cold (the script
+        # gives it an empty cache directory of its own).
         return _quiet(bench.STARTUP_NAIVE_STEP)
 
 

@@ -53,7 +53,8 @@ def worker():
 def main(tree_a, tree_b, rounds=11):
     env0 = {k: val for k, val in os.environ.items()
             if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    env0.update(OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    threads = os.environ.get("AB_THREADS", "1")  # AB_THREADS=2: both at 2 threads
+    env0.update(OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads)
     procs = {}
     for tag, root in (("A", tree_a), ("B", tree_b)):
         procs[tag] = subprocess.Popen(

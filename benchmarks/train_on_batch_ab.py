@@ -59,10 +59,22 @@ def worker(clock):
             s1, s2 = opt.bind(m.flat_params)
             hp = opt.hyperparameters()
             ws = m._workspace(32)
-            args = (m.flat_params, m._grads, m.widths, m.codes, kind_, m.alpha, X, y_int, y_f,
-                    sw, opt.kind, hp, s1, s2, opt.step_, ws["acts"], ws["delta_a"],
-                    ws["delta_b"], ws["rw"])
-            calls[name + " [kernel]"] = (lambda a=args: train_step(*a))
+            if "p_next" in ws:  # trees after issue 16: an epoch of one batch
+                import numba
+
+                from fastbp._kernels.network import train_epoch
+
+                args = (X, y_int, y_f, sw, ws["order"][:32], 32, m.flat_params, m._grads,
+                        m.widths, m.codes, kind_, m.alpha, opt.kind, hp, s1, s2, opt.step_,
+                        ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                        ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
+                        ws["s2_next"], numba.get_num_threads(), ws["scratch"])
+                calls[name + " [kernel]"] = (lambda a=args: train_epoch(*a))
+            else:
+                args = (m.flat_params, m._grads, m.widths, m.codes, kind_, m.alpha, X, y_int,
+                        y_f, sw, opt.kind, hp, s1, s2, opt.step_, ws["acts"], ws["delta_a"],
+                        ws["delta_b"], ws["rw"])
+                calls[name + " [kernel]"] = (lambda a=args: train_step(*a))
         elif hasattr(opt, "step"):
             m = fb.MLP([64, 128, 10], seed=0)
             p = m.flat_params

@@ -32,3 +32,84 @@ def get_num_threads():
     for lib in threadpool_info():
         out[f"{lib['internal_api']}:{lib['filepath'].rsplit('/', 1)[-1]}"] = lib["num_threads"]
     return out
+
+
+class _BlasSingleThreaded:
+    """While a training step runs its own threads, the OpenBLAS the kernels
+    call runs single-threaded, and the setting is restored when the last
+    such step returns.
+
+    Why: a step on more than one thread splits each product into column
+    blocks, one single-threaded BLAS call per thread
+    (_kernels/network.py, ``train_step``); OpenBLAS's own threads would
+    otherwise each try to take both cores.  A counter under a lock, so that
+    fits running at once in several Python threads restore the user's
+    setting exactly once.  Reaches NumPy's bundled OpenBLAS only (SciPy's is
+    not called by the step); no-op without it (the np.dot fallback).
+    """
+
+    def __init__(self):
+        import ctypes
+        import threading
+
+        from ._kernels.blas import LIBRARY
+
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = 1
+        self._get = self._set = None
+        if LIBRARY is not None:
+            try:
+                self._get = LIBRARY.scipy_openblas_get_num_threads64_
+                self._set = LIBRARY.scipy_openblas_set_num_threads64_
+            except AttributeError:
+                return
+            self._get.restype = ctypes.c_int
+            self._get.argtypes = []
+            self._set.restype = None
+            self._set.argtypes = [ctypes.c_int]
+
+    def __enter__(self):
+        if self._set is not None:
+            with self._lock:
+                if self._depth == 0:
+                    self._saved = self._get()
+                    self._set(1)
+                self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        if self._set is not None:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._set(self._saved)
+
+
+class _NoGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+BLAS_SINGLE = _BlasSingleThreaded()
+NO_GUARD = _NoGuard()
+
+
+#: a step is split between threads only when each thread gets at least this
+#: many floating-point operations of matrix products (6 m sum(d_in d_out)
+#: per step): below it, waking the threads and splitting the products costs
+#: more than it saves (benchmarks/thread_scaling.py --min-flops 0,
+#: docs/performance.md)
+PARALLEL_MIN_FLOPS = 2e6
+
+
+def step_threads(flops=float("inf")):
+    """(threads a training step of ``flops`` product flops uses, the BLAS
+    guard to hold around it)."""
+    nt = numba.get_num_threads()
+    if nt > 1 and flops < PARALLEL_MIN_FLOPS * nt:
+        nt = 1
+    return nt, (BLAS_SINGLE if nt > 1 else NO_GUARD)

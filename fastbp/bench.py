@@ -2,10 +2,12 @@
 
 For each (network, batch) it times one full training step (forward,
 softmax cross-entropy, backward, SGD-momentum update) for fastbp (epoch path
-and ``train_on_batch``), a plain NumPy implementation, the GEMM floor (only
-the matrix products a step needs, into preallocated outputs) and, when
+and ``train_on_batch``), a plain NumPy implementation, a naive Numba port of
+it (``fastbp/_bench_naive.py``: one ``@njit`` per operation), the GEMM floor
+(only the matrix products a step needs, into preallocated outputs) and, when
 installed, PyTorch eager and ``jax.jit``.  Implementations are interleaved
-round-robin and repeated in one run; medians and ratios are reported.
+round-robin and repeated in one run; medians and ratios are reported, and
+``--json`` / ``--plot`` write them as JSON and as a bar chart.
 
 The epoch path is ``MLP.fit`` for one epoch over up to 32 distinct batches
 (fewer for the largest networks), timed whole and divided by the batches:
@@ -43,6 +45,10 @@ TARGETS = {
     ((784, 256, 128, 10), 512): (1.1, None),
     ((1024, 2048, 2048, 10), 1024): (1.05, 1.0),
 }
+#: issue 16: the epoch path's step against what users would otherwise write,
+#: at every size: max fastbp/numpy and max fastbp/naive-numba
+NUMPY_TARGET = 0.75
+NAIVE_TARGET = 0.85
 LR, MOMENTUM = 0.01, 0.9
 
 
@@ -124,6 +130,40 @@ def make_numpy(widths, batch, dtype):
     return lambda: net.step(X, y)
 
 
+class NaiveNumbaMLP:
+    """The naive Numba port of :class:`NumpyMLP`'s step: the same initial
+    parameters, one ``@njit`` function per operation (``fastbp._bench_naive``).
+    """
+
+    def __init__(self, widths, dtype):
+        self.params = _init_params(widths, dtype)
+        self.vel = [[np.zeros_like(W), np.zeros_like(b)] for W, b in self.params]
+        self._scalar = np.dtype(dtype).type
+        # the tuples hold the same arrays as params and vel: updated in place
+        self._state = tuple(tuple(arrs) for arrs in (
+            [W for W, _ in self.params], [b for _, b in self.params],
+            [vW for vW, _ in self.vel], [vb for _, vb in self.vel]))
+
+    def step(self, X, y, lr=LR, momentum=MOMENTUM):
+        from fastbp import _bench_naive
+
+        t = self._scalar
+        return _bench_naive.step(X, y, *self._state, t(lr), t(momentum))
+
+
+def make_naive_numba(widths, batch, dtype):
+    net = NaiveNumbaMLP(widths, dtype)
+    X, y = _data(widths, batch, dtype)
+
+    def step():
+        return net.step(X, y)
+    # Numba's products run on SciPy's OpenBLAS, a thread pool of its own beside
+    # NumPy's (which the floor, NumPy and fastbp use): let each pool go quiet
+    # before the other is timed (see _runner)
+    step.own_blas_pool = True
+    return step
+
+
 def make_floor(widths, batch, dtype):
     """Only the matrix products of one step, into preallocated outputs."""
     params = _init_params(widths, dtype)
@@ -151,7 +191,11 @@ def make_fastbp_step(widths, batch, dtype):
     opt = fb.SGD(lr=LR, momentum=MOMENTUM)
     X, y = _data(widths, batch, dtype)
     model.train_on_batch(X, y, optimizer=opt)
-    return lambda: model.train_on_batch(X, y)
+
+    def step():
+        model.train_on_batch(X, y)
+    step.quiet_blas = True
+    return step
 
 
 def make_fastbp_epoch(widths, batch, dtype, n_batches):
@@ -161,7 +205,11 @@ def make_fastbp_epoch(widths, batch, dtype, n_batches):
     opt = fb.SGD(lr=LR, momentum=MOMENTUM)
     X, y = _data(widths, batch * n_batches, dtype)
     model.fit(X, y, epochs=1, batch_size=batch, optimizer=opt)
-    return lambda: model.fit(X, y, epochs=1, batch_size=batch)
+
+    def epoch():
+        model.fit(X, y, epochs=1, batch_size=batch)
+    epoch.quiet_blas = True
+    return epoch
 
 
 def make_activation_epoch(widths, batch, dtype, activation, n_batches):
@@ -242,14 +290,17 @@ def make_phases(widths, batch, dtype, n_batches=16):
             if k > 0:
                 matmul(ds[k + 1], params[k][0].T, ds[k])
 
+    p_next, v_next = np.zeros_like(grads_flat), np.zeros_like(grads_flat)
+
     def update():
-        ko.all_finite(grads_flat)
-        ko.apply_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2)
+        # the step's one pass: checked update into the second buffers
+        ko.fused_update(ko.SGD, model.flat_params, grads_flat, vel, vel, hp, 2, p_next,
+                        v_next, v_next)
 
     return {"gather": gather, "forward GEMMs": forward_products,
             "bias+activation": bias_activation, "softmax loss": loss,
             "delta (g', db)": deltas, "backward GEMMs": backward_products,
-            "check+update": update}
+            "checked update": update}
 
 
 def phase_table(widths, batch, dtype, repeats, min_time):
@@ -356,20 +407,27 @@ def _timed(fn, n):
     return clock() - t0
 
 
-def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled):
-    """Child process: build one peer's step, then answer "time n calls"."""
+def _peer_worker(conn, kind, widths, batch, dtype, threads, compiled, cpu_time=False):
+    """Child process: build one peer's step, then answer "time n calls" (by
+    the worker's own CPU time with ``cpu_time``, as the parent's clock)."""
+    if cpu_time:
+        _CLOCK[0] = time.process_time
     try:
         if kind == "torch":
             import torch
             if threads:
                 torch.set_num_threads(threads)
             fn = make_torch(widths, batch, dtype, compiled)
+            info = {"version": torch.__version__, "threads": torch.get_num_threads(),
+                    "interop_threads": torch.get_num_interop_threads()}
         else:
             import jax
             if np.dtype(dtype) == np.float64:
                 jax.config.update("jax_enable_x64", True)
             fn = make_jax(widths, batch, dtype)
-        conn.send(("ok", None))
+            info = {"version": jax.__version__,
+                    "devices": [str(d) for d in jax.devices()]}
+        conn.send(("ok", info))
     except Exception as exc:  # noqa: BLE001 - any failure: the parent skips this peer
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -390,12 +448,15 @@ class PeerProcess:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_peer_worker, daemon=True,
-                                args=(child, kind, widths, batch, dtype, threads, compiled))
+                                args=(child, kind, widths, batch, dtype, threads,
+                                      compiled, _CLOCK[0] is time.process_time))
         self.proc.start()
-        status, why = self.conn.recv()
+        status, payload = self.conn.recv()
         if status != "ok":
             self.close()
-            raise RuntimeError(why)
+            raise RuntimeError(payload)
+        #: what the worker reports of itself: version, threads
+        self.info = payload
 
     def __call__(self, n):
         # OpenBLAS threads in this process spin for ~0.1 s after their last
@@ -416,9 +477,41 @@ class PeerProcess:
                 self.proc.kill()
 
 
+#: seconds for an idle OpenBLAS pool's threads to stop spinning (2**28 cycles)
+BLAS_SETTLE_S = 0.15
+
+
 def _runner(fn):
-    """A runner times n calls: in-process callables are wrapped here."""
-    return fn if isinstance(fn, PeerProcess) else (lambda n: _timed(fn, n))
+    """A runner times n calls: in-process callables are wrapped here.
+
+    A callable marked ``own_blas_pool`` (the naive Numba port: SciPy's
+    OpenBLAS) is timed as the peers are: after NumPy's pool has gone quiet
+    and after untimed calls that wake its own pool; its pool then gets the
+    same time to go quiet before anything else is timed.
+    """
+    if isinstance(fn, PeerProcess):
+        return fn
+    if getattr(fn, "quiet_blas", False):
+        # fastbp's multi-threaded step runs its own threads, each calling
+        # NumPy's OpenBLAS single-threaded: it is timed once that pool's
+        # threads, woken by the floor or NumPy just before, stop spinning, as
+        # in a training loop with no multi-threaded NumPy product between
+        # steps (right after one, the first ~0.1 s run at about half speed on
+        # 2 cores: docs/performance.md)
+        def quiet(n):
+            time.sleep(BLAS_SETTLE_S)
+            return _timed(fn, n)
+        return quiet
+    if not getattr(fn, "own_blas_pool", False):
+        return lambda n: _timed(fn, n)
+
+    def run(n):
+        time.sleep(BLAS_SETTLE_S)
+        _timed(fn, max(1, n // 5))
+        t = _timed(fn, n)
+        time.sleep(BLAS_SETTLE_S)
+        return t
+    return run
 
 
 def measure(impls, repeats, min_time):
@@ -464,45 +557,126 @@ def _verdict(ratio, target):
 # machine info
 
 
-def machine_info():
-    lines = []
-    cpu = platform.processor() or "?"
+#: the vector extensions worth knowing for GEMM speed, as /proc/cpuinfo names them
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw",
+              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _dist_version(name):
+    """Installed version of distribution ``name`` without importing it, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_facts():
+    """The machine, versions and thread counts of this process, as plain data.
+
+    Returns
+    -------
+    dict
+        ``machine`` (CPU model, cores, SIMD flags, the CPU Numba compiles
+        for), ``versions`` (python, numpy, numba, fastbp and, where installed,
+        scipy, scikit-learn, threadpoolctl, matplotlib, torch, jax; read from
+        package metadata, so torch and jax are not imported here) and
+        ``threads`` (Numba's, fastbp's view and each BLAS/OpenMP pool that
+        threadpoolctl finds).
+    """
+    import llvmlite.binding as llvm
+    import numba
+
+    import fastbp
+
+    try:  # SciPy's BLAS (the naive Numba port's products) lists its pool once loaded
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        pass
+
+    cpu, flags = platform.processor() or "?", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu in ("?", platform.processor()):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    import numba
-    lines.append(f"date     : {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
-    lines.append(f"cpu      : {cpu}; {os.cpu_count()} logical cores"
-                 f" ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable)")
-    lines.append(f"python   : {platform.python_version()} on {platform.platform()}")
-    import fastbp
-    vers = [f"fastbp {getattr(fastbp, '__version__', '?')}", f"numpy {np.__version__}",
-            f"numba {numba.__version__}"]
-    for mod in ("scipy", "sklearn", "torch", "jax"):
-        try:
-            vers.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    lines.append("versions : " + ", ".join(vers))
+    try:
+        llvm_cpu = llvm.get_host_cpu_name()
+        llvm_features = {k for k, on in llvm.get_host_cpu_features().items() if on}
+    except Exception:  # noqa: BLE001 - informational only
+        llvm_cpu, llvm_features = "?", set()
+    if not flags:  # no /proc/cpuinfo: what LLVM detects (same names less "_" and ".")
+        flags = llvm_features
+    plain = {f.replace("_", "").replace(".", "") for f in flags}
+    simd = {f: f.replace("_", "") in plain for f in SIMD_FLAGS}
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    machine = {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+               "arch": platform.machine(), "platform": platform.platform(),
+               "simd": simd,
+               "numba_target_cpu": os.environ.get("NUMBA_CPU_NAME", llvm_cpu)}
+    versions = {"python": platform.python_version(),
+                "fastbp": getattr(fastbp, "__version__", None),
+                "numpy": np.__version__, "numba": numba.__version__}
+    for label, dist in (("scipy", "scipy"), ("sklearn", "scikit-learn"),
+                        ("threadpoolctl", "threadpoolctl"),
+                        ("matplotlib", "matplotlib"), ("torch", "torch"),
+                        ("jax", "jax"), ("jaxlib", "jaxlib")):
+        v = _dist_version(dist)
+        if v is not None:
+            versions[label] = v
+    threads = {"numba": numba.get_num_threads(),
+               "numba_max": numba.config.NUMBA_NUM_THREADS,
+               "fastbp": fastbp.get_num_threads()}
     try:
         from threadpoolctl import threadpool_info
-        for lib in threadpool_info():
-            lines.append(f"pool     : {lib.get('user_api')} {lib.get('internal_api')} "
-                         f"{lib.get('version')} arch={lib.get('architecture', '-')} "
-                         f"threads={lib.get('num_threads')} "
-                         f"({os.path.basename(lib.get('filepath', ''))})")
+        threads["pools"] = [
+            {"user_api": lib.get("user_api"), "internal_api": lib.get("internal_api"),
+             "version": lib.get("version"), "architecture": lib.get("architecture"),
+             "num_threads": lib.get("num_threads"),
+             "library": os.path.basename(lib.get("filepath") or "")}
+            for lib in threadpool_info()]
     except ImportError:
+        threads["pools"] = None
+    return {"machine": machine, "versions": versions, "threads": threads}
+
+
+def _blas_threads(facts):
+    """The BLAS pools' thread counts, e.g. "2" or "1/2" where they differ."""
+    pools = facts["threads"].get("pools") or []
+    counts = sorted({p["num_threads"] for p in pools if p["user_api"] == "blas"})
+    return "/".join(map(str, counts)) or "?"
+
+
+def machine_info(facts=None):
+    """The header lines of the report (see :func:`machine_facts`)."""
+    facts = facts or machine_facts()
+    m, v, t = facts["machine"], facts["versions"], facts["threads"]
+    lines = [f"date     : {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+             (f"cpu      : {m['cpu']}; {m['logical_cores']} logical cores"
+              f" ({m['usable_cores'] or '?'} usable)"),
+             "simd     : " + (" ".join(k for k, on in m["simd"].items() if on) or "-")
+             + f"; Numba compiles for {m['numba_target_cpu']}",
+             f"python   : {v['python']} on {m['platform']}",
+             "versions : " + ", ".join(f"{k} {val}" for k, val in v.items()
+                                       if k not in ("python", "threadpoolctl",
+                                                    "matplotlib", "jaxlib"))]
+    if t["pools"] is None:
         lines.append("pool     : threadpoolctl not installed")
-    lines.append(f"threads  : {fastbp.get_num_threads()}")
+    for lib in t["pools"] or []:
+        lines.append(f"pool     : {lib['user_api']} {lib['internal_api']} "
+                     f"{lib['version']} arch={lib['architecture'] or '-'} "
+                     f"threads={lib['num_threads']} ({lib['library']})")
+    lines.append(f"threads  : {t['fastbp']}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
-            lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which OpenBLAS "
-                         "kernels run and skews the comparison with NumPy. Unset it to measure.")
+            lines.append(f"WARNING  : {var}={os.environ[var]} is set; it changes which "
+                         "OpenBLAS kernels run and skews the comparison with NumPy. "
+                         "Unset it to measure.")
     lines.append("peers    : torch and jax are timed in worker processes of their own, "
                  "interleaved with the rest")
     return lines
@@ -570,8 +744,8 @@ def output_epochs(repeats, dtype="float32", widths=(64, 128, 10), n=2048, batch=
 # line, "wall cpu": seconds since its first statement (interpreter start
 # excluded).  CPU time is what compilation costs; on a shared machine it is far
 # steadier than wall time.  The references: `import numba` alone, and the cold
-# compile of a plain eight-function @njit MLP step (what a user writing the
-# kernels naively waits for).
+# compile of the naive Numba port of a step (fastbp/_bench_naive.py: one @njit
+# per operation, what a user writing the kernels naively waits for).
 
 _START_CLOCKS = "import time as _t\n_w0 = _t.perf_counter(); _c0 = _t.process_time()\n"
 STARTUP_REPORT = "print(_t.perf_counter() - _w0, _t.process_time() - _c0)\n"
@@ -611,82 +785,42 @@ _timed("predict+evaluate", lambda: (m.predict(X), m.evaluate(X, y)))
 print("EXTRAS", json.dumps(_extra))
 """
 
-#: the reference: eight plain @njit functions making up one MLP training step
+#: the reference: the naive Numba port (fastbp/_bench_naive.py, one @njit per
+#: operation and a step calling them), compiled cold.  It caches like fastbp,
+#: so the script points Numba at an empty cache directory of its own (removed
+#: at the end), and it loads the port by path: importing fastbp is no part of
+#: the reference.
 STARTUP_NAIVE_STEP = _START_CLOCKS + '''
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+
+_cache = tempfile.mkdtemp(prefix="fastbp-naive-cache-")
+os.environ["NUMBA_CACHE_DIR"] = _cache
 import numpy as np
-from numba import njit
 
-@njit
-def dense_forward(x, W, b):
-    return np.dot(x, W) + b
-
-@njit
-def relu(a):
-    return np.maximum(a, 0)
-
-@njit
-def softmax_xent(z, y):
-    n, c = z.shape
-    p = np.empty_like(z)
-    loss = 0.0
-    for i in range(n):
-        m = z[i, 0]
-        for j in range(c):
-            m = max(m, z[i, j])
-        s = 0.0
-        for j in range(c):
-            p[i, j] = np.exp(z[i, j] - m)
-            s += p[i, j]
-        for j in range(c):
-            p[i, j] /= s
-        loss -= np.log(p[i, y[i]])
-        p[i, y[i]] -= 1.0
-    return loss / n, p / n
-
-@njit
-def relu_backward(dh, h):
-    return dh * (h > 0)
-
-@njit
-def dense_backward(dz, x, W):
-    return np.dot(dz, W.T), np.dot(x.T, dz), dz.sum(axis=0)
-
-@njit
-def sgd(p, g, v, lr, mu):
-    v *= mu
-    v += g
-    p -= lr * v
-
-@njit
-def forward(x, W1, b1, W2, b2):
-    h = relu(dense_forward(x, W1, b1))
-    return h, dense_forward(h, W2, b2)
-
-@njit
-def step(x, y, W1, b1, W2, b2, vW1, vb1, vW2, vb2, lr, mu):
-    h, z = forward(x, W1, b1, W2, b2)
-    loss, dz = softmax_xent(z, y)
-    dh, dW2, db2 = dense_backward(dz, h, W2)
-    da = relu_backward(dh, h)
-    _, dW1, db1 = dense_backward(da, x, W1)
-    sgd(W1, dW1, vW1, lr, mu)
-    sgd(b1, db1, vb1, lr, mu)
-    sgd(W2, dW2, vW2, lr, mu)
-    sgd(b2, db2, vb2, lr, mu)
-    return loss
+_spec = importlib.util.find_spec("fastbp")  # locates fastbp without importing it
+_path = os.path.join(os.path.dirname(_spec.origin), "_bench_naive.py")
+_spec = importlib.util.spec_from_file_location("fastbp_bench_naive", _path)
+naive = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = naive
+_spec.loader.exec_module(naive)
 
 rng = np.random.default_rng(0)
 f = np.float32
-W1 = (rng.standard_normal((64, 128)) * 0.1).astype(f)
-W2 = (rng.standard_normal((128, 10)) * 0.1).astype(f)
-b1, b2 = np.zeros(128, f), np.zeros(10, f)
+Ws = ((rng.standard_normal((64, 128)) * 0.1).astype(f),
+      (rng.standard_normal((128, 10)) * 0.1).astype(f))
+bs = (np.zeros(128, f), np.zeros(10, f))
+vWs = tuple(np.zeros_like(W) for W in Ws)
+vbs = tuple(np.zeros_like(b) for b in bs)
 x = rng.standard_normal((32, 64)).astype(f)
 y = rng.integers(0, 10, 32)
 # the clock restarts here: only the compile (and the one step) is timed
 _w0 = _t.perf_counter(); _c0 = _t.process_time()
-step(x, y, W1, b1, W2, b2, np.zeros_like(W1), np.zeros_like(b1), np.zeros_like(W2),
-     np.zeros_like(b2), f(0.01), f(0.9))
-''' + STARTUP_REPORT
+naive.step(x, y, Ws, bs, vWs, vbs, f(0.01), f(0.9))
+''' + STARTUP_REPORT + "shutil.rmtree(_cache, ignore_errors=True)\n"
 
 #: the floor of any warm start through Numba's cache: one trivial cached
 #: @njit function loaded from the cache (Numba's typing and target set-up)
@@ -717,8 +851,8 @@ def startup_report(rounds=3, extras=True):
     """Cold and warm start, measured side by side with the references.
 
     Each round runs, every script in a fresh interpreter, one after the
-    other: ``import numba``; the naive eight-function step (cold compile,
-    no cache); import fastbp plus the first fit with an empty cache
+    other: ``import numba``; the naive Numba step (cold compile, an
+    empty cache of its own); import fastbp plus the first fit with an empty cache
     (NUMBA_CACHE_DIR pointed at a fresh directory), then again with that
     cache written; a trivial cached @njit function (the floor of any warm
     start through Numba's cache).  With ``extras`` the cold process then
@@ -971,6 +1105,7 @@ def build_impls(widths, batch, dtype, n_batches, with_torch_compile, threads=Non
         "fastbp-epoch": (make_fastbp_epoch(widths, batch, dtype, n_batches), n_batches),
         "fastbp-step": (make_fastbp_step(widths, batch, dtype), 1),
         "numpy": (make_numpy(widths, batch, dtype), 1),
+        "naive-numba": (make_naive_numba(widths, batch, dtype), 1),
     }
     peers = [("torch", "torch", False), ("jax.jit", "jax", False)]
     if with_torch_compile:
@@ -991,6 +1126,281 @@ def close_impls(impls):
             fn.close()
 
 
+def _stats(samples):
+    """Median and spread (seconds per step) of one implementation's samples."""
+    xs = np.asarray(samples, dtype=np.float64)
+    q1, med, q3 = np.percentile(xs, [25, 50, 75])
+    return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
+            "iqr_pct": float(100.0 * (q3 - q1) / med), "min_s": float(xs.min()),
+            "max_s": float(xs.max()), "samples_s": [float(x) for x in xs]}
+
+
+def _ratio(value, target):
+    return {"value": float(value), "target": target,
+            "pass": None if target is None else bool(value <= target)}
+
+
+def epoch_batches(widths, batch):
+    """Batches per epoch of the epoch path: up to 32, fewer where that data
+    would pass ~1e9 multiply-adds."""
+    return max(2, min(32, int(1e9 / max(1, batch * sum(
+        a * b for a, b in itertools.pairwise(widths))))))
+
+
+def run_size(widths, batch, dtype, repeats, min_time, with_torch_compile=False,
+             threads=None):
+    """Time every implementation of one (network, batch), interleaved.
+
+    Parameters
+    ----------
+    widths : tuple of int
+        Layer widths, input first.
+    batch : int
+        Rows per step.
+    dtype : {"float32", "float64"}
+    repeats : int
+        Interleaved rounds.
+    min_time : float
+        Seconds per timed sample.
+    with_torch_compile : bool
+        Also time ``torch.compile`` (where torch is installed).
+    threads : int, optional
+        Threads for the peers (torch).
+
+    Returns
+    -------
+    dict
+        ``widths``, ``batch``, ``dtype``, ``epoch_batches``,
+        ``gflop_per_step`` (the matrix products), ``impls`` (name ->
+        :func:`_stats`, in the order timed), ``ratios`` (name -> value,
+        target, pass) and ``peers`` (name -> what its worker reported).
+    """
+    n_batches = epoch_batches(widths, batch)
+    impls = build_impls(widths, batch, dtype, n_batches, with_torch_compile, threads)
+    try:
+        samples = measure(impls, repeats, min_time)
+    finally:
+        close_impls(impls)
+    peers = {k: fn.info for k, (fn, _) in impls.items() if isinstance(fn, PeerProcess)}
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    t_floor, t_torch = TARGETS.get((tuple(widths), batch), (None, None))
+    fast = med["fastbp-epoch"]
+    ratios = {"fastbp/floor": _ratio(fast / med["floor"], t_floor),
+              "fastbp/numpy": _ratio(fast / med["numpy"], NUMPY_TARGET),
+              "fastbp/naive-numba": _ratio(fast / med["naive-numba"], NAIVE_TARGET)}
+    if "torch" in med:
+        ratios["fastbp/torch"] = _ratio(fast / med["torch"], t_torch)
+    if "jax.jit" in med:
+        ratios["fastbp/jax"] = _ratio(fast / med["jax.jit"], None)
+    ratios["step/floor"] = _ratio(med["fastbp-step"] / med["floor"], None)
+    return {"widths": list(widths), "batch": batch, "dtype": str(np.dtype(dtype)),
+            "epoch_batches": n_batches,
+            "gflop_per_step": step_flops(widths, batch) / 1e9,
+            "impls": {k: _stats(v) for k, v in samples.items()},
+            "ratios": ratios, "peers": peers}
+
+
+def print_size(res):
+    """Print one size's table and ratios (a :func:`run_size` result)."""
+    med = {k: v["median_s"] for k, v in res["impls"].items()}
+    name = "-".join(map(str, res["widths"]))
+    print(f"== {name}, batch {res['batch']} (epoch path: {res['epoch_batches']} "
+          "batches/epoch)")
+    print(f"   {'impl':<14}{'median':>12}{'IQR%':>7}   {'x floor':>8}")
+    for k, st in res["impls"].items():
+        print(f"   {k:<14}{_fmt(st['median_s']):>12}{st['iqr_pct']:6.1f}%   "
+              f"{st['median_s'] / med['floor']:8.2f}")
+    for label, r in res["ratios"].items():
+        print(f"   {label:<19}{r['value']:8.3f}   {_verdict(r['value'], r['target'])}")
+    gflops = res["gflop_per_step"]
+    print(f"   {'GFLOP/s':<19}{gflops / med['fastbp-epoch']:8.1f}   fastbp epoch path "
+          f"({gflops / med['floor']:.1f} floor; products only)")
+
+
+#: what the JSON file's "format" says; bump it when keys change meaning
+JSON_FORMAT = "fastbp-bench/1"
+
+
+def bench_document(results, settings, facts):
+    """The JSON document of a run: settings, machine, versions, threads and
+    the per-size results of :func:`run_size`."""
+    facts = {k: dict(v) for k, v in facts.items()}
+    for res in results:  # the peers' own versions and threads, from their workers
+        for label, info in res.get("peers", {}).items():
+            kind = label.split(".")[0]
+            if info and info.get("version"):
+                facts["versions"].setdefault(kind, info["version"])
+            if info and "threads" in info:
+                facts["threads"].setdefault(kind, info["threads"])
+    now = datetime.datetime.now(datetime.UTC)
+    return {"format": JSON_FORMAT, "created_utc": now.isoformat(timespec="seconds"),
+            "settings": settings, **facts,
+            "targets": {"fastbp/numpy": NUMPY_TARGET,
+                        "fastbp/naive-numba": NAIVE_TARGET,
+                        "fastbp/floor and fastbp/torch": {
+                            f"{'-'.join(map(str, w))}:{b}": list(t)
+                            for (w, b), t in TARGETS.items()}},
+            "results": results}
+
+
+def _write_atomic(path, write, what):
+    """Write ``path`` through a temporary file in its directory, then rename.
+
+    ``write(fh)`` writes the content to a binary file object.  Raises
+    OSError naming ``what`` and the path when anything fails; the target
+    is then left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastbp-bench-",
+                                   suffix=os.path.splitext(path)[1])
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        raise OSError(f"cannot write the {what} file {path!r}: "
+                      f"{exc.strerror or exc}") from exc
+
+
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(doc, path):
+    """Write a :func:`bench_document` to ``path`` atomically (strict JSON:
+    a non-finite figure becomes null)."""
+    import json
+
+    data = (json.dumps(_finite_or_none(doc), indent=1, allow_nan=False) + "\n").encode()
+    _write_atomic(path, lambda fh: fh.write(data), "--json")
+
+
+#: bars of the chart, in order: result key -> legend label
+PLOT_BARS = {"fastbp-epoch": "fastbp (epoch path)", "floor": "GEMM floor",
+             "numpy": "NumPy step", "naive-numba": "naive Numba port",
+             "torch": "PyTorch eager", "torch.compile": "torch.compile",
+             "jax.jit": "jax.jit"}
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("--plot needs matplotlib, which is not installed: "
+                          "pip install 'fastbp[plot]' (or matplotlib)") from exc
+
+
+def plot_results(doc, path):
+    """Save a grouped bar chart of the step times of a :func:`bench_document`.
+
+    One group per (network, batch), one bar per implementation measured
+    (median, with the interquartile range as error bar), a logarithmic time
+    axis where the times span more than a factor of 30.  Drawn with the Agg
+    canvas (no display, no change of pyplot's backend) and saved atomically
+    in the format that the file's extension names (PNG for ``.png``).
+    """
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    results = doc["results"]
+    bars = [k for k in PLOT_BARS if any(k in r["impls"] for r in results)]
+    n_groups = len(results)
+    fig = Figure(figsize=(max(6.4, 1.0 + n_groups * (0.45 * len(bars) + 0.6)), 4.8),
+                 dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(n_groups)
+    colors = {"fastbp-epoch": "#1f77b4", "floor": "#7f7f7f", "numpy": "#ff7f0e",
+              "naive-numba": "#2ca02c", "torch": "#d62728", "torch.compile": "#e377c2",
+              "jax.jit": "#9467bd"}
+    all_t = []
+    for j, key in enumerate(bars):
+        med, lo, hi, xs = [], [], [], []
+        for g, r in enumerate(results):
+            st = r["impls"].get(key)
+            if st is None:
+                continue
+            xs.append(x[g] + (j - (len(bars) - 1) / 2) * width)
+            med.append(st["median_s"])
+            lo.append(st["median_s"] - st["q1_s"])
+            hi.append(st["q3_s"] - st["median_s"])
+        all_t += med
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=PLOT_BARS[key],
+               color=colors.get(key), error_kw={"elinewidth": 0.8, "alpha": 0.7})
+    if all_t and max(all_t) / max(min(all_t), 1e-12) > 30:
+        ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(EngFormatter(unit="s"))
+    labels = []
+    for r in results:
+        ratio = r["ratios"]
+        labels.append(f"{'-'.join(map(str, r['widths']))}\nbatch {r['batch']}\n"
+                      f"{ratio['fastbp/numpy']['value']:.2f}x NumPy, "
+                      f"{ratio['fastbp/naive-numba']['value']:.2f}x naive")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("network (layer widths) and batch; fastbp's time as a multiple of "
+                  "NumPy's and the naive port's", fontsize=8)
+    st = doc["settings"]
+    clock = "CPU time" if st.get("clock") == "process cpu" else "time"
+    ax.set_ylabel(f"{clock} per training step (median, IQR)")
+    m, t = doc["machine"], doc["threads"]
+    cpu = m["cpu"] if len(m["cpu"]) <= 48 else m["cpu"][:45] + "..."
+    ax.set_title(f"fastbp bench: one training step, {st['dtype']}, "
+                 f"{clock if clock != 'time' else 'wall time'}, "
+                 f"medians of {st['repeats']} interleaved rounds\n"
+                 f"{cpu}, {m['usable_cores'] or m['logical_cores']} cores; threads: "
+                 f"Numba {t['numba']}, BLAS {_blas_threads(doc)}", fontsize=10)
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(4, len(bars)), loc="upper left")
+    ax.margins(y=0.25)
+    fig.tight_layout()
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    _write_atomic(path, lambda fh: fig.savefig(fh, format=fmt), "--plot")
+
+
+def _check_output(parser, flag, path, formats=None):
+    """Fail before any timing when ``path`` cannot be written (argparse error
+    naming the flag and the path)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    why = None
+    if os.path.isdir(path):
+        why = "it is a directory"
+    elif not os.path.isdir(folder):
+        why = f"no such directory {folder!r}"
+    elif formats is not None and os.path.splitext(path)[1][1:].lower() not in formats:
+        why = (f"unknown image format {os.path.splitext(path)[1]!r}; "
+               f"use one of {', '.join('.' + f for f in sorted(formats))}")
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            why = f"the directory is not writable ({exc.strerror or exc})"
+    if why:
+        parser.error(f"argument {flag}: cannot write {path!r}: {why}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fastbp bench", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=None,
@@ -1008,9 +1418,9 @@ def main(argv=None):
     p.add_argument("--sparse-only", action="store_true",
                    help="only the sparse-input section (TF-IDF-like CSR X)")
     p.add_argument("--cpu-time", action="store_true",
-                   help="time in-process implementations by this process's CPU time, not "
-                        "wall time: steadier on a loaded machine; meaningful with --threads 1 "
-                        "(peers in worker processes keep wall time)")
+                   help="time by process CPU time, not wall time (each peer by its "
+                        "worker's): steadier on a loaded machine; meaningful with "
+                        "--threads 1")
     p.add_argument("--phases", action="store_true",
                    help="also time each phase of a step (gather, GEMMs, activations, loss, "
                         "deltas, update) for every size")
@@ -1022,7 +1432,28 @@ def main(argv=None):
                         "references), over ROUNDS rounds of fresh processes")
     p.add_argument("--compile-profile", action="store_true",
                    help="only list what the cold first fit compiles, with CPU time each")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the step timings (median and spread of each "
+                        "implementation, ratios per size), machine, versions and "
+                        "thread counts to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also save a grouped bar chart of the step times per size to "
+                        "FILE.png (needs matplotlib: the [plot] extra)")
     args = p.parse_args(argv)
+    if args.json is not None:
+        _check_output(p, "--json", args.json)
+    if args.plot is not None:
+        try:
+            _require_matplotlib()
+        except ImportError as exc:
+            p.error(f"argument --plot: {exc}")
+        from matplotlib.figure import Figure
+        _check_output(p, "--plot", args.plot,
+                      set(Figure().canvas.get_supported_filetypes()))
+    if (args.json or args.plot) and (args.startup is not None or args.compile_profile
+                                     or args.sparse_only):
+        p.error("--json and --plot write the step timings: they do not go with "
+                "--startup, --compile-profile or --sparse-only")
     if args.compile_profile:
         print("fastbp bench --compile-profile: functions compiled by import + first fit "
               "(64-128-10 float32), empty cache, fresh process")
@@ -1030,7 +1461,8 @@ def main(argv=None):
         return 0
     if args.startup is not None:
         print("fastbp bench --startup: import + first fit (64-128-10 float32) in fresh "
-              "processes, against `import numba` and a naive 8-function @njit step")
+              "processes, against `import numba` and the naive Numba port's cold "
+              "compile")
         print_startup_report(startup_report(rounds=max(1, args.startup)))
         return 0
 
@@ -1050,45 +1482,41 @@ def main(argv=None):
     print("fastbp bench: one training step (forward, softmax-CE, backward, "
           f"SGD momentum), {args.dtype}, medians of {repeats} interleaved rounds"
           f"{' (process CPU time)' if args.cpu_time else ''}")
-    for line in machine_info():
+    facts = machine_facts()
+    for line in machine_info(facts):
         print(line)
     print()
 
+    results = []
     for widths, batch in sizes:
-        # up to 32 batches, fewer where that data would pass ~1e9 multiply-adds
-        n_batches = max(2, min(32, int(1e9 / max(1, batch * sum(
-            a * b for a, b in itertools.pairwise(widths))))))
-        impls = build_impls(widths, batch, args.dtype, n_batches, args.torch_compile,
-                            args.threads)
-        try:
-            samples = measure(impls, repeats, min_time)
-        finally:
-            close_impls(impls)
-        med = {k: float(np.median(v)) for k, v in samples.items()}
-        name = "-".join(map(str, widths))
-        print(f"== {name}, batch {batch} (epoch path: {n_batches} batches/epoch)")
-        print(f"   {'impl':<14}{'median':>12}{'IQR%':>7}   {'x floor':>8}")
-        for k in impls:
-            print(f"   {k:<14}{_fmt(med[k]):>12}{_iqr_pct(samples[k]):6.1f}%   "
-                  f"{med[k] / med['floor']:8.2f}")
-        t_floor, t_torch = TARGETS.get((widths, batch), (None, None))
-        fast = med["fastbp-epoch"]
-        rows = [("fastbp/floor", fast / med["floor"], t_floor),
-                ("fastbp/numpy", fast / med["numpy"], None)]
-        if "torch" in med:
-            rows.append(("fastbp/torch", fast / med["torch"], t_torch))
-        if "jax.jit" in med:
-            rows.append(("fastbp/jax", fast / med["jax.jit"], None))
-        rows.append(("step/floor", med["fastbp-step"] / med["floor"], None))
-        for label, ratio, target in rows:
-            print(f"   {label:<14}{ratio:8.3f}   {_verdict(ratio, target)}")
-        gflops = step_flops(widths, batch) / 1e9
-        print(f"   {'GFLOP/s':<14}{gflops / fast:8.1f}   fastbp epoch path "
-              f"({gflops / med['floor']:.1f} floor; products only)")
+        res = run_size(widths, batch, args.dtype, repeats, min_time, args.torch_compile,
+                       args.threads)
+        results.append(res)
+        print_size(res)
         print(flush=True)
         if args.phases:
             phase_table(widths, batch, args.dtype, repeats, min_time)
             print(flush=True)
+    if args.json or args.plot:
+        settings = {"dtype": args.dtype, "repeats": repeats, "min_time_s": min_time,
+                    "clock": "process cpu" if args.cpu_time else "wall",
+                    "threads_requested": args.threads,
+                    "sizes": ",".join(f"{'-'.join(map(str, w))}:{b}" for w, b in sizes),
+                    "argv": list(sys.argv[1:] if argv is None else argv)}
+        doc = bench_document(results, settings, facts)
+        failed = False
+        for path, write in ((args.json, write_json), (args.plot, plot_results)):
+            if path is None:
+                continue
+            try:
+                write(doc, path)
+                print(f"wrote {path}", flush=True)
+            except OSError as exc:
+                print(f"fastbp bench: error: {exc}", file=sys.stderr, flush=True)
+                failed = True
+        if failed:
+            return 1
+        print()
 
     act_sizes = args.activation_sizes or QUICK_SIZES
     if act_sizes.strip().lower() != "none":

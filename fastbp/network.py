@@ -11,6 +11,7 @@ compiled call, so Python costs nothing per layer or per batch.
 import sys
 import time
 
+import numba
 import numpy as np
 
 from . import _responsive as _r
@@ -19,6 +20,7 @@ from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
 from ._kernels import losses as _loss
 from ._kernels import network as _net
+from ._threads import step_threads
 from ._warmup import compile_notice, compile_pending
 from .optim import Adam, get_optimizer
 
@@ -454,6 +456,15 @@ class MLP:
                 "yb_int": v.zeros(cap, np.int64, name, what),
                 "yb_f": v.zeros(cap * w[-1], dt, name, what),
                 "swb": v.zeros(cap, np.float64, name, what),
+                # the second parameter and optimizer-state buffers that the
+                # steps of an epoch alternate with (_kernels.network.train_step)
+                "p_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                "s1_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
+                # the step's per-thread L2 sums and update severities
+                "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
+                # rows in order: train_on_batch is an epoch of one batch
+                "order": np.arange(cap),
             }
             self._ws_key = key
         return self._ws
@@ -616,12 +627,10 @@ class MLP:
                 return out[0], out[1], out[2], out[3]
         else:
             def call(a, b):
-                out = _r.call_committing(_net.train_epoch, (
-                    X, y_int, y_f, sw, perm[a:b], batch_size,
-                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                    opt.kind, hp, s1, s2, opt.step_,
-                    ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                    ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+                # the threads are chosen for the epoch's batches (rows=n), as
+                # for one call over the whole epoch
+                out = self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
+                                        opt, hp, ws, rows=n)
                 return out[0], out[1], out[2], out[3]
 
         def save_checkpoint(state=None):
@@ -673,8 +682,14 @@ class MLP:
                         if status != 0:
                             raise DivergenceError.from_status(
                                 status, self.epochs_trained + 1, batch + 1, batch_size)
-                        scores = None if validation_data is None else \
-                            self.evaluate(Xv, yv)
+                        scores = None
+                        if validation_data is not None:
+                            # NumPy's OpenBLAS single-threaded here too when the
+                            # steps run on several threads: its woken threads
+                            # would spin for ~0.1 s into the next epoch, on the
+                            # cores the steps use
+                            with step_threads()[1]:
+                                scores = self.evaluate(Xv, yv)
                     except KeyboardInterrupt:
                         # the last complete step, and where the epoch stands
                         try:
@@ -707,6 +722,32 @@ class MLP:
                 bar.close()
         return history
 
+    def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws,
+                     rows=None):
+        """The compiled epoch over the rows ``perm`` of dense X (checked), with
+        the optimizer ``opt`` (bound: its state matches the parameters), its
+        hyper-parameters ``hp`` and the workspace ``ws``; returns what
+        ``_kernels.network.train_epoch`` does, with the step count committed
+        to ``opt.step_`` (even when a Ctrl-C is raised as the call returns:
+        ``_responsive.call_committing``).  The steps use the Numba threads of
+        the calling thread, with NumPy's OpenBLAS single-threaded meanwhile
+        when there are several (``_threads.step_threads``), chosen for
+        batches of ``min(batch_size, rows)`` rows (rows: the epoch's, when
+        ``perm`` is a slice of it; default ``perm.size``)."""
+        s1, s2 = opt.state_
+        w = self.widths
+        rows = perm.size if rows is None else rows
+        flops = 6.0 * min(batch_size, rows) * float(np.dot(w[:-1], w[1:]))
+        nt, guard = step_threads(flops)
+        with guard:
+            return _r.call_committing(_net.train_epoch, (
+                X, y_int, y_f, sw, perm, batch_size,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                opt.kind, hp, s1, s2, opt.step_,
+                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
+                ws["s2_next"], nt, ws["scratch"]), _committer(opt, 4))
+
     def _resolve_optimizer(self, optimizer):
         if optimizer is not None:
             self.optimizer = get_optimizer(optimizer)
@@ -733,19 +774,18 @@ class MLP:
         hp = opt._checked_hp(self.dtype)
         if not ck.writeable:
             self._make_writeable()
-        s1, s2 = opt.bind(self._params)
+        opt.bind(self._params)  # checks the state; _dense_epoch reads it
         if isinstance(X, v.SparseRows):
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
-        # one compiled step: a Ctrl-C during it is raised after it, with the
-        # step count committed (_responsive.call_committing)
-        status, loss, _, _ = _r.call_committing(_net.train_step, (
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha, X,
-            y_int, y_f, sw, opt.kind, hp, s1, s2, opt.step_,
-            ws["acts"], ws["delta_a"], ws["delta_b"], ws["rw"]), _committer(opt, 3))
+        # an epoch of one batch over the rows in order: the same compiled
+        # step as fit, and the epoch adopts the step's second buffer (a
+        # Ctrl-C during it is raised after it, the step counted: _dense_epoch)
+        status, _, loss, _, _ = self._dense_epoch(X, y_int, y_f, sw, ws["order"][:n], n,
+                                                  kind, opt, hp, ws)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        return float(loss)
+        return loss / n
 
     def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
         """train_on_batch for SparseRows X: the sparse epoch kernel over all
@@ -831,21 +871,14 @@ class MLP:
         X, kind, y_int, y_f, sw = data
         n = X.shape[0]
         self.optimizer = optimizer
-        s1, s2 = optimizer.bind(self._params)
+        optimizer.bind(self._params)  # checks the state; _dense_epoch reads it
         ws = self._workspace(batch_size)
         perm = self._rng.permutation(n) if shuffle else np.arange(n)
         hp = optimizer.hyperparameters()
 
-        commit = _committer(optimizer, 4)
-
         def call(a, b):
-            out = _r.call_committing(_net.train_epoch, (
-                X, y_int, y_f, sw, perm[a:b], batch_size,
-                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                optimizer.kind, hp, s1, s2, optimizer.step_,
-                ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
-            return out[0], out[1], out[2], out[3]
+            return self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
+                                     optimizer, hp, ws, rows=n)[:4]
 
         state = _r.EpochState()
         status, batch = _r.run_epoch(call, n, batch_size, _r.Slicer(batch_size, self.widths),

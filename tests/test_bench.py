@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark code: it runs, prints ratios; no timing asserts."""
 
 import importlib
+import importlib.util
 import inspect
 import itertools
 
@@ -130,3 +131,186 @@ def test_output_epochs_runs():
     samples = bench.output_epochs(1, widths=(8, 16, 3), n=64, batch=8)
     assert set(samples) == {"softmax", "sigmoid-multilabel", "softmax-2class",
                             "sigmoid-binary"}
+
+
+# -- issue 16: the naive Numba port, --json and --plot -------------------------
+
+
+def _has_matplotlib():
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+TINY_RUN = ["--sizes", "8-16-4:8", "--repeats", "2", "--min-time", "0.001",
+            "--no-extras", "--activation-sizes", "none"]
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs(tmp_path_factory):
+    """One tiny run that writes --json (and --plot where matplotlib is)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("bench_out")
+    argv = TINY_RUN + ["--json", str(folder / "bench.json")]
+    if _has_matplotlib():
+        argv += ["--plot", str(folder / "bench.png")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = bench.main(argv)
+    return rc, out.getvalue(), folder
+
+
+def test_bench_prints_naive_numba_ratios(tiny_outputs):
+    rc, out, _ = tiny_outputs
+    assert rc == 0
+    for word in ("naive-numba", "fastbp/naive-numba", "<= 0.85", "fastbp/numpy",
+                 "<= 0.75", "simd"):
+        assert word in out
+
+
+def test_bench_json_has_the_figures(tiny_outputs):
+    import json
+    import math
+
+    rc, _, folder = tiny_outputs
+    assert rc == 0
+    doc = json.loads((folder / "bench.json").read_text())
+    assert doc["format"] == bench.JSON_FORMAT
+    assert {"settings", "machine", "versions", "threads", "targets",
+            "results"} <= set(doc)
+    assert {"cpu", "logical_cores", "simd"} <= set(doc["machine"])
+    assert {"avx2", "avx512f"} <= set(doc["machine"]["simd"])
+    assert {"python", "numpy", "numba", "fastbp"} <= set(doc["versions"])
+    assert doc["threads"]["numba"] >= 1 and "pools" in doc["threads"]
+    assert doc["settings"]["dtype"] == "float32" and doc["settings"]["repeats"] == 2
+    (res,) = doc["results"]
+    assert (res["widths"], res["batch"], res["dtype"]) == ([8, 16, 4], 8, "float32")
+    for impl in ("fastbp-epoch", "fastbp-step", "floor", "numpy", "naive-numba"):
+        st = res["impls"][impl]
+        assert 0 < st["q1_s"] <= st["median_s"] <= st["q3_s"]
+        assert len(st["samples_s"]) == 2
+    ratios = res["ratios"]
+    assert ratios["fastbp/numpy"]["target"] == 0.75
+    assert ratios["fastbp/naive-numba"]["target"] == 0.85
+    med = {k: v["median_s"] for k, v in res["impls"].items()}
+    assert math.isclose(ratios["fastbp/naive-numba"]["value"],
+                        med["fastbp-epoch"] / med["naive-numba"])
+    assert ratios["fastbp/numpy"]["pass"] == (ratios["fastbp/numpy"]["value"] <= 0.75)
+    # written atomically: no temporary file left beside it
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib is not installed")
+def test_bench_plot_writes_png(tiny_outputs):
+    rc, out, folder = tiny_outputs
+    assert rc == 0
+    data = (folder / "bench.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert f"wrote {folder / 'bench.png'}" in out
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    with pytest.raises(SystemExit) as exc:
+        bench.main(TINY_RUN + ["--plot", str(tmp_path / "x.png")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "fastbp[plot]" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "directory"])
+def test_unwritable_output_names_the_path(tmp_path, capsys, where):
+    path = tmp_path / "no" / "such" / "out.json" if where == "missing-dir" else tmp_path
+    with pytest.raises(SystemExit) as exc:  # before any timing
+        bench.main(TINY_RUN + ["--json", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and repr(str(path)) in err
+
+
+def test_write_json_error_names_the_path(tmp_path):
+    import json
+
+    path = tmp_path / "gone" / "out.json"
+    with pytest.raises(OSError, match=r"cannot write the --json file .*gone.*out"):
+        bench.write_json({"a": 1}, path)
+    bench.write_json({"a": 1}, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left
+    bench.write_json({"r": [1.5, float("nan")], "s": {"t": float("inf")}},
+                     tmp_path / "out.json")  # strict JSON: null, not NaN
+    assert json.loads((tmp_path / "out.json").read_text()) == {"r": [1.5, None],
+                                                               "s": {"t": None}}
+
+
+def _made_up_document(impls, medians):
+    results = []
+    for widths, batch, scale in medians:
+        st = {k: {"median_s": scale * m, "q1_s": 0.9 * scale * m,
+                  "q3_s": 1.1 * scale * m} for k, m in impls.items()}
+        ratio = {k: {"value": impls["fastbp-epoch"] / impls[o], "target": None}
+                 for k, o in (("fastbp/numpy", "numpy"),
+                              ("fastbp/naive-numba", "naive-numba"))}
+        results.append({"widths": widths, "batch": batch, "impls": st,
+                        "ratios": ratio})
+    return {"settings": {"dtype": "float64", "repeats": 3, "clock": "wall"},
+            "machine": {"cpu": "A CPU with a very long model name " * 3,
+                        "usable_cores": 2, "logical_cores": 4},
+            "threads": {"numba": 2, "pools": [
+                {"user_api": "blas", "num_threads": 2},
+                {"user_api": "blas", "num_threads": 1}]},
+            "results": results}
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib is not installed")
+@pytest.mark.parametrize("spread", [1.0, 1000.0])  # linear and log time axis
+def test_plot_results_draws_every_kind_of_bar(tmp_path, spread):
+    impls = {"fastbp-epoch": 1e-4, "floor": 0.9e-4, "numpy": 2e-4,
+             "naive-numba": 1.5e-4, "torch": 5e-4, "jax.jit": 3e-4}
+    doc = _made_up_document(impls, [((8, 16, 4), 8, 1.0), ((64, 128, 10), 32, spread)])
+    bench.plot_results(doc, tmp_path / "chart.svg")
+    svg = (tmp_path / "chart.svg").read_text()
+    for label in ("naive Numba port", "NumPy step", "PyTorch eager", "jax.jit",
+                  "BLAS 1/2", "float64"):
+        assert label in svg
+
+
+@pytest.mark.parametrize("widths", [(8, 16, 3), (8, 16, 12, 3), (5, 3)])
+def test_naive_numba_step_matches_numpy_reference(widths):
+    """One float64 step from the same initial parameters: same loss, same
+    updated parameters and velocities as the NumPy reference step."""
+    import numpy as np
+
+    X, y = bench._data(widths, 16, "float64")
+    ref = bench.NumpyMLP(widths, "float64")
+    naive = bench.NaiveNumbaMLP(widths, "float64")
+    for (W, b), (W2, b2) in zip(ref.params, naive.params):
+        np.testing.assert_array_equal(W, W2)
+    loss_ref = ref.step(X, y)
+    loss = naive.step(X, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+    for (W, b), (W2, b2) in zip(ref.params, naive.params):
+        np.testing.assert_allclose(W2, W, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(b2, b, rtol=1e-10, atol=1e-13)
+    for (vW, vb), (vW2, vb2) in zip(ref.vel, naive.vel):
+        np.testing.assert_allclose(vW2, vW, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(vb2, vb, rtol=1e-10, atol=1e-13)
+    # the step moved every layer's weights
+    init = bench._init_params(widths, "float64")
+    for (W2, _), (W0, _) in zip(naive.params, init):
+        assert not np.array_equal(W2, W0)
+
+
+def test_naive_numba_float32_stays_float32():
+    import numpy as np
+
+    X, y = bench._data((8, 16, 3), 16, "float32")
+    naive = bench.NaiveNumbaMLP((8, 16, 3), "float32")
+    first = naive.step(X, y)
+    for _ in range(30):
+        last = naive.step(X, y)
+    assert last < first
+    assert all(W.dtype == np.float32 and b.dtype == np.float32 for W, b in naive.params)

@@ -99,8 +99,10 @@ _FIRST_FIT = textwrap.dedent(
     import json
     import numpy as np
     import fastbp as fb
+    from fastbp import _threads
     from fastbp._kernels import linking
     from numba import types
+    _threads.PARALLEL_MIN_FLOPS = 0  # split even this tiny step on 2 threads
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32)
     y = rng.integers(0, 3, 64)
@@ -121,25 +123,29 @@ _FIRST_FIT = textwrap.dedent(
 )
 
 
-def _first_fit(cache):
+def _first_fit(cache, threads=1):
     env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_CACHE_DIR=str(cache),
-               OPENBLAS_NUM_THREADS="1")
+               OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS=str(threads))
     res = subprocess.run([sys.executable, "-c", _FIRST_FIT], env=env, capture_output=True,
                          text=True, check=False, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path):
-    # and train_on_batch afterwards runs the step fit compiled: nothing new
-    used = ["activations.bias_activation", "activations.delta_in_place",
-            "losses.row_weights", "losses.softmax_xent_labels", "network.train_step",
-            "optim.sgd_check", "optim.sgd_update"]
-    cold = _first_fit(tmp_path)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path, threads):
+    # and train_on_batch afterwards runs the step fit compiled: nothing new.
+    # With 2 threads the 8-wide hidden layer's backward pass is split (its
+    # forward pass is too narrow to be)
+    used = sorted(["activations.bias_activation_cols", "activations.delta_cols",
+                   "losses.row_weights", "losses.softmax_xent_labels", "network.backward_block",
+                   "network.forward_block", "network.train_step", "network.update_block",
+                   "optim.sgd_fused"] + (["network.backward_layer_par"] if threads > 1 else []))
+    cold = _first_fit(tmp_path, threads)
     assert cold["linked"] == used
     assert cold["compiled"] == used  # no other loss, no Adam, no float64
     assert cold["compiled_by_train_on_batch"] == 0
     # a new process: train_epoch comes from the cache and finds its leaves again
-    warm = _first_fit(tmp_path)
+    warm = _first_fit(tmp_path, threads)
     assert warm["linked"] == used
     assert warm["params"] == cold["params"]

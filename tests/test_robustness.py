@@ -636,3 +636,49 @@ def test_structure_check_is_cached_but_sees_reassignment():
     opt.lr = -1.0                          # changed after a checked fit
     with pytest.raises(ValueError, match="lr must be > 0"):
         m2.fit(X, y, epochs=1, optimizer=opt)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       kind=st.sampled_from(["sgd", "momentum", "nesterov", "adam"]),
+       values=st.lists(st.tuples(WIDE, WIDE, WIDE, st.booleans()), min_size=1, max_size=40),
+       lr=st.sampled_from([1e-3, 1.0, 1e30, 1e300]), first=st.booleans(),
+       wd=st.sampled_from([0.0, 0.01]))
+def test_fused_equals_check_then_update(dtype, kind, values, lr, first, wd):
+    """fused_update (issue 16: one pass, new values into second buffers)
+    returns check_update's status, never writes p, g or the state, and on
+    success writes bit for bit what apply_update makes in place."""
+    with np.errstate(all="ignore"):
+        p = np.array([a for a, _, _, _ in values], dtype)
+        g = np.array([b * (-1 if s else 1) for _, b, _, s in values], dtype)
+        s1 = np.array([c for _, _, c, _ in values], dtype) * dtype(0.5)
+        s2 = np.abs(s1)
+    if kind == "adam":
+        opt = fb.Adam(lr=lr, weight_decay=wd)
+    else:
+        opt = fb.SGD(lr=lr, momentum=0.0 if kind == "sgd" else 0.9,
+                     nesterov=kind == "nesterov", weight_decay=wd)
+    hp = opt.hyperparameters()
+    step = 1 if first else 3
+    copies = [a.copy() for a in (p, g, s1, s2)]
+    want = k_opt.check_update(opt.kind, p, g, s1, s2, hp, step)
+    pn, n1, n2 = (np.full_like(p, 7) for _ in range(3))
+    with np.errstate(all="ignore"):
+        got = k_opt.fused_update(opt.kind, p, g, s1, s2, hp, step, pn, n1, n2)
+    assert got == want
+    for a, c in zip((p, g, s1, s2), copies, strict=True):
+        np.testing.assert_array_equal(a, c)  # read only
+    if got == k_opt.UPDATE_OK:
+        q, a1, a2 = p.copy(), s1.copy(), s2.copy()
+        k_opt.apply_update(opt.kind, q, g, a1, a2, hp, step)
+        np.testing.assert_array_equal(pn, q)
+        if kind != "sgd":
+            np.testing.assert_array_equal(n1, a1)
+        if kind == "adam":
+            np.testing.assert_array_equal(n2, a2)
+        # adopt_update copies back exactly what the update writes
+        r, b1, b2 = p.copy(), s1.copy(), s2.copy()
+        k_opt.adopt_update(opt.kind, hp, pn, n1, n2, r, b1, b2)
+        np.testing.assert_array_equal(r, q)
+        np.testing.assert_array_equal(b1, a1 if kind != "sgd" else s1)
+        np.testing.assert_array_equal(b2, a2 if kind == "adam" else s2)

@@ -61,23 +61,26 @@ def _numpy_openblas():
 
 
 def _fallback(t):
-    """cblas_?gemm (row-major, alpha=1, beta=0, operands stored contiguously)
-    implemented with np.dot; used only when NumPy's OpenBLAS is not found."""
+    """cblas_?gemm (row-major, alpha=1, beta=0) implemented with np.dot;
+    used only when NumPy's OpenBLAS is not found."""
     ptr = types.CPointer(t)
     sig = types.void(types.int32, types.int32, types.int32, types.int64, types.int64,
                      types.int64, t, ptr, types.int64, ptr, types.int64, t, ptr, types.int64)
 
     @cfunc(sig, cache=True)
     def gemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        A = carray(a, (m, k)) if ta == NO_TRANS else carray(a, (k, m)).T
-        B = carray(b, (k, n)) if tb == NO_TRANS else carray(b, (n, k)).T
-        np.dot(A, B, carray(c, (m, n)))
+        # blocks of row-major buffers: rows of lda (ldb, ldc) elements
+        A = carray(a, (m, lda))[:, :k] if ta == NO_TRANS else carray(a, (k, lda))[:, :m].T
+        B = carray(b, (k, ldb))[:, :n] if tb == NO_TRANS else carray(b, (n, ldb))[:, :k].T
+        carray(c, (m, ldc))[:, :n] = np.dot(A, B)
 
     return gemm
 
 
 def _register():
+    global LIBRARY
     lib = None if os.environ.get("FASTBP_BLAS", "").lower() == "numba" else _numpy_openblas()
+    LIBRARY = lib
     if lib is not None:
         s = ctypes.cast(lib.scipy_cblas_sgemm64_, ctypes.c_void_p).value
         d = ctypes.cast(lib.scipy_cblas_dgemm64_, ctypes.c_void_p).value
@@ -94,6 +97,8 @@ def _register():
     return backend
 
 
+#: ctypes handle of the OpenBLAS the kernels call, or None (the fallback)
+LIBRARY = None
 #: which BLAS the kernels call: "numpy-openblas" or "numba-np.dot"
 BACKEND = _register()
 
@@ -124,3 +129,26 @@ def matmul(a, b, out):
     else:
         _dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda,
                b.ctypes.data, ldb, 0.0, out.ctypes.data, max(n, 1))
+
+
+@njit(**JIT_INLINE)
+def gemm(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, c, c_off, ldc):
+    """C = op(A) @ op(B) on blocks of C-contiguous buffers, without allocating.
+
+    op(A) is (m, k) and op(B) (k, n); ``ta``/``tb`` are NO_TRANS or TRANS.
+    A starts at element ``a_off`` of the buffer ``a`` with leading dimension
+    ``lda`` (row-major), likewise B and C: so a column block of a row-major
+    matrix is passed as its first element and the full row length.  This
+    is how one thread of a training step multiplies only its own columns
+    (network.train_step).  Sizes must be >= 1 and the blocks inside the
+    buffers: the callers derive them from the checked widths.
+    """
+    s = a.itemsize
+    if c.itemsize == 4:
+        _sgemm(ROW_MAJOR, ta, tb, m, n, k, np.float32(1.0), a.ctypes.data + a_off * s, lda,
+               b.ctypes.data + b_off * s, ldb, np.float32(0.0), c.ctypes.data + c_off * s,
+               ldc)
+    else:
+        _dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data + a_off * s, lda,
+               b.ctypes.data + b_off * s, ldb, 0.0, c.ctypes.data + c_off * s, ldc)
+

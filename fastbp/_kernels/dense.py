@@ -10,8 +10,20 @@ from .blas import matmul
 from .config import JIT, JIT_INLINE
 from .linking import linked
 
-bias_activation = linked("activations.bias_activation")
-delta_in_place = linked("activations.delta_in_place")
+bias_activation_cols = linked("activations.bias_activation_cols")
+delta_cols = linked("activations.delta_cols")
+
+
+@njit(**JIT_INLINE)
+def bias_activation(a, b, code):
+    """a = g(a + b) in place over all columns (activations.bias_activation_cols)."""
+    bias_activation_cols(a, b, code, 0, a.shape[1])
+
+
+@njit(**JIT_INLINE)
+def delta_in_place(d, h, code, db):
+    """d *= g'(h) in place, db = d.sum(0) (activations.delta_cols)."""
+    delta_cols(d, h, code, db, 0, d.shape[1])
 
 
 @njit(**JIT_INLINE)

@@ -58,6 +58,14 @@ def _adam_args(t):
     return (_c(t, 1),) * 4 + (_I64, _F64, _F64, _F64, _F64, _F64)
 
 
+def _sgd_fused_args(t):
+    return (_c(t, 1),) * 5 + (_F64, _F64, _F64, _F64, _B, _B)
+
+
+def _adam_fused_args(t):
+    return (_c(t, 1),) * 7 + (_I64, _F64, _F64, _F64, _F64, _F64)
+
+
 def _ro(t, ndim):
     return types.Array(t, ndim, "C", readonly=True)
 
@@ -67,7 +75,30 @@ def _train_step_args(t):
     # share one compiled step: widths and codes are read-only arrays
     return (_c(t, 1), _c(t, 1), _ro(_I64, 1), _ro(_I64, 1), _I64, _F64, _c(t, 2),
             _c(_I64, 1), _c(t, 2), _c(_F64, 1), _I64, _c(_F64, 1), _c(t, 1), _c(t, 1),
-            _I64, _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1))
+            _I64, _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _I64,
+            _c(t, 1))
+
+
+def _forward_layer_par_args(t):
+    return (_c(t, 1), _I64, _I64, _I64, _I64, _c(t, 2), _c(t, 2), _I64)
+
+
+def _forward_block_args(t):
+    return (_c(t, 1), _I64, _I64, _I64, _I64, _c(t, 2), _c(t, 2), _I64, _I64)
+
+
+def _backward_layer_par_args(t):
+    return (_c(t, 1), _c(t, 1), _I64, _I64, _I64, _c(t, 2), _c(t, 2), _c(t, 2), _I64, _F64,
+            _I64, _c(_F64, 1), _c(t, 1), _c(t, 1), _I64, _c(t, 1), _c(t, 1), _c(t, 1), _I64,
+            _c(t, 1))
+
+
+def _backward_block_args(t):
+    return (_I64, _I64) + _backward_layer_par_args(t)[:-2] + (_c(t, 1),)
+
+
+def _update_block_args(t):
+    return (_I64, _I64, _I64, _c(_F64, 1), _I64) + (_c(t, 1),) * 7
 
 
 def _loss_and_correct(t):
@@ -79,10 +110,12 @@ def _loss_and_correct(t):
 #: so that the modules defining leaves can themselves call linked leaves.
 _SPECS = {
     "losses.row_weights": (lambda t: (_I64, _c(_F64, 1), _c(t, 1)), lambda t: _NONE),
-    "activations.bias_activation": (lambda t: (_c(t, 2), _c(t, 1), _I64), lambda t: _NONE),
-    "activations.bias_smooth": (lambda t: (_c(t, 2), _c(t, 1), _I64), lambda t: _NONE),
-    "activations.delta_in_place": (lambda t: (_c(t, 2), _c(t, 2), _I64, _c(t, 1)),
-                                   lambda t: _NONE),
+    "activations.bias_activation_cols": (lambda t: (_c(t, 2), _c(t, 1), _I64, _I64, _I64),
+                                         lambda t: _NONE),
+    "activations.bias_smooth": (lambda t: (_c(t, 2), _c(t, 1), _I64, _I64, _I64),
+                                lambda t: _NONE),
+    "activations.delta_cols": (lambda t: (_c(t, 2), _c(t, 2), _I64, _c(t, 1), _I64, _I64),
+                               lambda t: _NONE),
     "losses.softmax_xent_labels": (lambda t: (_c(t, 2), _c(_I64, 1), _c(t, 1), _c(t, 2)),
                                    _loss_and_correct),
     "losses.softmax_xent_targets": (_loss_args, _loss_and_correct),
@@ -93,6 +126,13 @@ _SPECS = {
     "optim.sgd_update": (_sgd_args, lambda t: _NONE),
     "optim.adam_check": (_adam_args, lambda t: _I64),
     "optim.adam_update": (_adam_args, lambda t: _NONE),
+    "optim.sgd_fused": (_sgd_fused_args, lambda t: _I64),
+    "optim.adam_fused": (_adam_fused_args, lambda t: _I64),
+    "network.update_block": (_update_block_args, lambda t: _I64),
+    "network.forward_block": (_forward_block_args, lambda t: _NONE),
+    "network.forward_layer_par": (_forward_layer_par_args, lambda t: _NONE),
+    "network.backward_block": (_backward_block_args, lambda t: _NONE),
+    "network.backward_layer_par": (_backward_layer_par_args, lambda t: _NONE),
     "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
 }
 _LEAVES = list(_SPECS)

@@ -17,16 +17,16 @@ Nothing here allocates except the reshape views, which are free.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
-from .blas import matmul
+from .blas import NO_TRANS, TRANS, gemm, matmul
 from .config import JIT
-from .dense import delta_in_place, dense_forward
+from .dense import bias_activation_cols, delta_cols, delta_in_place, dense_forward
 from .linking import linked
-from .optim import apply_update, check_update
+from .optim import BAD_GRADIENT, BAD_UPDATE, UPDATE_OK, adopt_update, fused_update
 
 half_squared_error = linked("losses.half_squared_error")
 poisson_log_link = linked("losses.poisson_log_link")
@@ -46,6 +46,8 @@ POISSON = 4
 # (train_step, loss_and_grad, ...), instead of once on its own and again in
 # every caller (cold first fit 9.9 s -> 8.3 s, docs/performance.md).
 JIT_INLINE = dict(JIT, inline="always")
+# The few kernels with a prange loop; each is a small leaf of its own
+JIT_PARALLEL = dict(JIT, parallel=True)
 
 
 @intrinsic
@@ -250,33 +252,265 @@ def loss_and_grad(
     return loss + l2, correct
 
 
+#: columns per thread block are multiples of this (64 bytes of float32): two
+#: threads never write one cache line of a row, and BLAS sees aligned blocks
+BLOCK_ALIGN = 16
+#: a layer's forward product is split between threads only when each gets at
+#: least this many output columns (the 10-wide output layer runs on one)
+MIN_COLS_PER_THREAD = 32
+#: severities of a block's update (``update_block``); the step takes the
+#: largest over the blocks: a bad gradient anywhere wins over a bad update,
+#: as in optim.check_update
+BAD_UPDATE_SEVERITY = 1
+BAD_GRADIENT_SEVERITY = 2
+
+
+@njit(**JIT_INLINE)
+def block(d, nt, t):
+    """Columns [c0, c1) of d that thread block t of nt owns (may be empty)."""
+    c0 = (d * t // nt) // BLOCK_ALIGN * BLOCK_ALIGN
+    c1 = d if t == nt - 1 else (d * (t + 1) // nt) // BLOCK_ALIGN * BLOCK_ALIGN
+    return c0, c1
+
+
+@njit(**JIT)
+def forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1):
+    """Columns [c0, c1) of one layer: out[:, c0:c1] = g(h @ W[:, c0:c1] +
+    b[c0:c1]), W (d_in, d_out) at ``params[p_off]`` and b after it."""
+    if c1 > c0:
+        b_off = p_off + d_in * d_out
+        gemm(NO_TRANS, NO_TRANS, h.shape[0], c1 - c0, d_in, h, 0, d_in, params, p_off + c0,
+             d_out, out, c0, d_out)
+        bias_activation_cols(out, params[b_off:b_off + d_out], code, c0, c1)
+
+
+@njit(**JIT_PARALLEL)
+def forward_layer_par(params, p_off, d_in, d_out, code, h, out, nt):
+    """One layer's forward pass split by output columns between nt threads,
+    each calling BLAS single-threaded on its block (``forward_block``): a
+    thread reads only its columns of W and writes only its columns of out.
+    A leaf of its own, whose loop body is a call of another leaf, so that
+    Numba's parallel passes see only this loop (with the whole step or the
+    block's body inside, they took seconds of a cold first fit)."""
+    for t in prange(nt):
+        c0, c1 = block(d_out, nt, np.int64(t))
+        _forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1)
+
+
+_forward_block = linked("network.forward_block")
+_forward_layer_par = linked("network.forward_layer_par")
+
+
+@njit(**JIT_INLINE)
+def forward_blocks(params, widths, codes, x, acts, nt):
+    """``forward`` with each wide layer split between nt threads
+    (``forward_layer_par``); the narrow ones (the output layer) on one."""
+    m = x.shape[0]
+    h = x
+    p_off = 0
+    a_off = 0
+    for k in range(widths.size - 1):
+        d_in = widths[k]
+        d_out = widths[k + 1]
+        out = view2d(acts, a_off, m, d_out)
+        if nt == 1 or d_out < MIN_COLS_PER_THREAD * nt:
+            _forward_block(params, p_off, d_in, d_out, codes[k], h, out, 0, d_out)
+        else:
+            _forward_layer_par(params, p_off, d_in, d_out, codes[k], h, out, nt)
+        h = out
+        p_off += d_in * d_out + d_out
+        a_off += m * d_out
+    return h
+
+
+@njit(**JIT)
+def update_block(lo, hi, opt_kind, hp, step, params, grads, s1, s2, p_next, s1_next, s2_next):
+    """``fused_update`` of the elements [lo, hi) of the flat buffers; returns
+    its severity: 0 (UPDATE_OK), BAD_UPDATE_SEVERITY or BAD_GRADIENT_SEVERITY."""
+    status = fused_update(opt_kind, params[lo:hi], grads[lo:hi], s1[lo:hi], s2[lo:hi], hp,
+                          step, p_next[lo:hi], s1_next[lo:hi], s2_next[lo:hi])
+    if status == UPDATE_OK:
+        return 0
+    return BAD_GRADIENT_SEVERITY if status == BAD_GRADIENT else BAD_UPDATE_SEVERITY
+
+
+# a leaf: called at three places of each step, compiled once
+_update_block = linked("network.update_block")
+
+
+@njit(**JIT)
+def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
+                   alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, scratch):
+    """Thread block t of nt of one layer's backward pass and update, with
+    dA of the layer complete in ``da`` (m, d_out); the layer's W (d_in,
+    d_out) is at ``params[w_off]``.  The block owns the rows [r0, r1) of W
+    (``block(d_in)``): it computes dW[r0:r1] = H_in[:, r0:r1]^T dA, adds the
+    L2 term alpha / m * W, and updates those parameters into p_next while
+    they are in its cache; then, unless this is the input layer (dh has no
+    rows), its columns of dH = dA W[r0:r1]^T, their g' (``code_below``) and
+    the matching bias gradient and update of the layer below.  Writes the
+    block's sum of W**2 to scratch[t] and its update severity to
+    scratch[nt + t].  No two blocks write the same memory."""
+    m = da.shape[0]
+    zero = params.dtype.type(0)
+    reg = params.dtype.type(alpha / m)
+    r0, r1 = block(d_in, nt, t)
+    acc = zero
+    worst = 0
+    if r1 > r0:
+        lo = w_off + r0 * d_out
+        hi = w_off + r1 * d_out
+        gemm(TRANS, NO_TRANS, r1 - r0, d_out, m, h_in, r0, d_in, da, 0, d_out, grads, lo,
+             d_out)
+        if alpha != 0.0:
+            gs = grads[lo:hi]  # slices indexed from 0: no wraparound test, vectorises
+            ps = params[lo:hi]
+            for i in range(gs.size):
+                gs[i] += reg * ps[i]
+                acc += ps[i] * ps[i]
+        worst = _update_block(lo, hi, opt_kind, hp, step, params, grads, s1, s2, p_next,
+                             s1_next, s2_next)
+        if dh.shape[0] > 0:
+            bp = w_off - d_in  # the bias of the layer below
+            gemm(NO_TRANS, TRANS, m, r1 - r0, d_out, da, 0, d_out, params, lo, d_out, dh, r0,
+                 d_in)
+            delta_cols(dh, h_in, code_below, grads[bp:w_off], r0, r1)
+            worst = max(worst, _update_block(bp + r0, bp + r1, opt_kind, hp, step, params,
+                                            grads, s1, s2, p_next, s1_next, s2_next))
+    scratch[t] = acc
+    scratch[nt + t] = params.dtype.type(worst)
+
+
+@njit(**JIT_PARALLEL)
+def backward_layer_par(params, grads, w_off, d_in, d_out, h_in, da, dh, code_below, alpha,
+                       opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
+    """``backward_block`` for the nt blocks of one layer in parallel, each
+    calling BLAS single-threaded (a leaf of its own, as forward_layer_par)."""
+    for t in prange(nt):
+        # (prange's index is unsigned; the leaf's signature says int64)
+        _backward_block(np.int64(t), nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
+                       alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, scratch)
+
+
+_backward_block = linked("network.backward_block")
+_backward_layer_par = linked("network.backward_layer_par")
+
+
+@njit(**JIT_INLINE)
+def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b,
+                    opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
+    """``backward`` with the optimizer update fused in, each layer split
+    between nt threads (``backward_block``), after the forward pass and
+    loss (whose output gradient is in delta_a).  Returns (the L2 term of
+    the loss, the largest severity of the blocks' updates, see
+    ``update_block``).  ``scratch``: 2 nt values of the parameters' dtype
+    from the workspace (nothing is allocated per step).
+
+    Every parameter, gradient and state value is read and written once
+    per step, by one thread.  The L2 sums of the blocks are added in block
+    order: for a given thread count the result is the same on every run,
+    and with one thread it is the one-pass sum of before.
+    """
+    m = x.shape[0]
+    L = widths.size - 1
+    l2 = params.dtype.type(0)
+    p_end = params.size
+    a_end = 0
+    for k in range(L):
+        a_end += m * widths[k + 1]
+    cur = delta_a
+    other = delta_b
+    # the output layer's bias: dA_L is the loss gradient (IDENTITY code)
+    d_last = widths[L]
+    delta_in_place(view2d(cur, 0, m, d_last), view2d(acts, a_end - m * d_last, m, d_last),
+                   codes[L - 1], grads[p_end - d_last:p_end])
+    worst = _update_block(p_end - d_last, p_end, opt_kind, hp, step, params, grads, s1, s2,
+                         p_next, s1_next, s2_next)
+    for k in range(L - 1, -1, -1):
+        d_in = widths[k]
+        d_out = widths[k + 1]
+        w_off = p_end - d_out - d_in * d_out
+        a_end -= m * d_out
+        if k > 0:
+            h_in = view2d(acts, a_end - m * d_in, m, d_in)
+            code_below = codes[k - 1]
+        else:
+            h_in = x
+            code_below = 0
+        da = view2d(cur, 0, m, d_out)
+        # dH of the layer below (none below the input layer, whose width may
+        # exceed the delta buffers)
+        dh = view2d(other, 0, m if k > 0 else 0, d_in)
+        if nt == 1:
+            _backward_block(0, 1, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
+                           alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next,
+                           scratch)
+        else:
+            _backward_layer_par(params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
+                                alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next,
+                                nt, scratch)
+        for t in range(nt):
+            l2 += scratch[t]
+            worst = max(worst, int(scratch[nt + t]))
+        cur, other = other, cur
+        p_end = w_off
+    return params.dtype.type(0.5) * params.dtype.type(alpha / m) * l2, worst
+
+
 @njit(**JIT)
 def train_step(
     params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
-    opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
+    opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt,
+    scratch,
 ):
     """One step on the contiguous batch x: forward, loss, backward and the
-    optimizer update (state s1, s2; ``step`` updates so far).
-    Returns (status, loss, n_correct, step): status 0 is success, 1 a
-    non-finite loss, 2 a non-finite gradient, 3 an update that would make a
-    parameter or optimizer state value non-finite (checked before anything
-    is written, optim.check_update); then nothing is updated.
+    optimizer update (state s1, s2; ``step`` updates so far), written into
+    p_next, s1_next, s2_next (``optim.fused_update``); params, s1 and s2 are
+    only read.
+    Returns (status, loss, n_correct, step): status 0 is success, and the
+    caller adopts the new values; 1 is a non-finite loss, 2 a non-finite
+    gradient, 3 an update that would make a parameter or optimizer state
+    value non-finite; then the step's values are to be dropped and params,
+    s1, s2 hold the last good ones.
 
-    (Updating each layer inside ``backward`` while its W and dW are in
-    cache measured no faster than this separate pass, and would leave a
-    half-updated network when a lower layer's gradient is not finite.)"""
-    loss, c = forward_loss(params, widths, codes, loss_kind, x, y_int, y_f, sw, acts,
-                           delta_a, rw)
-    if not np.isfinite(loss):
-        return 1, loss, c, step
-    loss += backward(params, grads, widths, codes, l2_alpha(alpha, x.shape[0], sw), x, acts,
-                     delta_a, delta_b)
-    if not np.isfinite(loss):  # the L2 term overflowed
-        return 1, loss, c, step
-    status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    Threads: the step uses ``nt`` threads (``scratch``: 2 nt values of the
+    parameters' dtype), the caller's
+    ``numba.get_num_threads()`` (the user's ``fastbp.set_num_threads``;
+    an argument because calling it here would keep Numba from caching the
+    kernel).  With more than one, each layer's
+    products are split by blocks of columns (``forward_blocks``,
+    ``backward_update``), each thread calling OpenBLAS single-threaded on
+    its own block; the caller sets OpenBLAS's own threads to 1 around the
+    call (``fastbp._threads.BLAS_SINGLE``), so that BLAS's threads and the
+    step's never run at once.
+    The loss of the (narrow) output layer runs on one thread.
+
+    Why a second buffer: the finiteness check and the update are one pass
+    over the parameters (each read once), done block by block right after
+    that block's gradient, and a failed step is undone by not adopting the
+    buffer (issue 16).  train_epoch alternates between the two buffers;
+    train_on_batch is an epoch of one batch."""
+    m = x.shape[0]
+    out = forward_blocks(params, widths, codes, x, acts, nt)
+    row_weights(m, sw, rw)
+    loss, c = output_loss(loss_kind, out, y_int, y_f, rw[:m],
+                          view2d(delta_a, 0, m, widths[widths.size - 1]))
+    status = 1
+    if np.isfinite(loss):
+        l2, worst = backward_update(params, grads, widths, codes, l2_alpha(alpha, m, sw), x,
+                                    acts, delta_a, delta_b, opt_kind, hp, s1, s2, step + 1,
+                                    p_next, s1_next, s2_next, nt, scratch)
+        loss += l2
+        if not np.isfinite(loss):  # the L2 term overflowed
+            status = 1
+        elif worst == BAD_GRADIENT_SEVERITY:
+            status = BAD_GRADIENT
+        elif worst == BAD_UPDATE_SEVERITY:
+            status = BAD_UPDATE
+        else:
+            status = UPDATE_OK
     if status != 0:
         return status, loss, c, step
-    apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
     return 0, loss, c, step + 1
 
 
@@ -290,7 +524,7 @@ def train_epoch(
     X, y_int, y_f, sw, perm, batch_size,
     params, grads, widths, codes, loss_kind, alpha,
     opt_kind, hp, s1, s2, step,
-    xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
+    xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt, scratch,
 ):
     """One pass over the rows ``perm`` of X in minibatches of ``batch_size``.
 
@@ -302,6 +536,10 @@ def train_epoch(
     was not and 3 that the update would not be (``train_step``); that
     batch's update was not applied.
     loss_sum is sum over batches of batch_loss * batch_rows (float64).
+    p_next, s1_next, s2_next: second buffers the size of params; steps
+    alternate between them and (params, s1, s2), and on return params, s1,
+    s2 hold the values of the last good step.  nt, scratch: threads and
+    their scratch values (``train_step``).
     """
     n = perm.size
     d0 = widths[0]
@@ -309,7 +547,12 @@ def train_epoch(
     loss_sum = 0.0
     correct = 0
     nb = (n + batch_size - 1) // batch_size
-    for bi in range(nb):
+    # (cur_*) hold the values of the last good step, (nxt_*) receive the next
+    p_cur, s1_cur, s2_cur = params, s1, s2
+    p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
+    status = 0
+    bi = 0
+    while bi < nb:
         start = bi * batch_size
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
@@ -322,11 +565,18 @@ def train_epoch(
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         status, loss, c, step = _train_step(
-            params, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
-            opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
+            p_cur, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
+            opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b, rw,
+            p_nxt, s1_nxt, s2_nxt, nt, scratch,
         )
         if status != 0:
-            return status, bi, loss_sum, correct, step
+            break
+        p_cur, p_nxt = p_nxt, p_cur
+        s1_cur, s1_nxt = s1_nxt, s1_cur
+        s2_cur, s2_nxt = s2_nxt, s2_cur
         loss_sum += float(loss) * m
         correct += c
-    return 0, nb, loss_sum, correct, step
+        bi += 1
+    if p_cur.ctypes.data != params.ctypes.data:
+        adopt_update(opt_kind, hp, p_cur, s1_cur, s2_cur, params, s1, s2)
+    return status, bi, loss_sum, correct, step

@@ -209,12 +209,98 @@ def adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     return BAD_UPDATE if bad_u else UPDATE_OK
 
 
+_sgd_check = linked("optim.sgd_check")
+_adam_check = linked("optim.adam_check")
+
+
+@njit(**JIT_CHECK)
+def sgd_fused(p, g, v, pn, vn, lr, momentum, dampening, weight_decay, nesterov, first):
+    """``sgd_update`` and ``sgd_check`` in one pass: reads p, g, v once and
+    writes the new parameters into pn and the new momentum into vn (vn is
+    not touched without momentum); p, g and v are not written.  Returns the
+    status ``sgd_check`` would (UPDATE_OK, BAD_GRADIENT, BAD_UPDATE); the
+    caller adopts pn, vn only on UPDATE_OK, so a failed step changes
+    nothing, as before (tests/test_optim.py::test_fused_equals_check_then_update).
+
+    Why: a step read each parameter, gradient and state value twice (the
+    check, then the update) and wrote it once; one pass into a second buffer
+    reads them once (issue 16; docs/performance.md, "one pass").
+    The arithmetic is ``sgd_update``'s, operation for operation, so the
+    values written are bit for bit those of the in-place update."""
+    t = p.dtype.type
+    inf = t(np.inf)
+    lr_ = t(lr)
+    mu = t(momentum)
+    keep = mu
+    damp = t(1.0 - dampening)
+    if first:
+        keep = t(0.0)
+        damp = t(1.0)
+    wd = t(weight_decay)
+    ok = True
+    if momentum == 0.0:
+        for i in range(p.size):
+            pi = p[i] - lr_ * (g[i] + wd * p[i])
+            pn[i] = pi
+            ok &= abs(pi) < inf
+    elif nesterov:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            vi = keep * v[i] + damp * d
+            pi = p[i] - lr_ * (d + mu * vi)
+            vn[i] = vi
+            pn[i] = pi
+            ok &= abs(vi) + abs(pi) < inf
+    else:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            vi = keep * v[i] + damp * d
+            pi = p[i] - lr_ * vi
+            vn[i] = vi
+            pn[i] = pi
+            ok &= abs(vi) + abs(pi) < inf
+    if ok:
+        return UPDATE_OK
+    # rare (divergence): tell a bad gradient from a bad update exactly
+    return _sgd_check(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first)
+
+
+@njit(**JIT_CHECK)
+def adam_fused(p, g, m, v, pn, mn, vn, step, lr, beta1, beta2, eps, weight_decay):
+    """``adam_update`` and ``adam_check`` in one pass, as ``sgd_fused``:
+    reads p, g, m, v once, writes the new values into pn, mn, vn and
+    returns the status; p, g, m, v are not written."""
+    t = p.dtype.type
+    inf = t(np.inf)
+    b1 = t(beta1)
+    b2 = t(beta2)
+    c1 = t(1.0 - beta1)
+    c2 = t(1.0 - beta2)
+    wd = t(weight_decay)
+    step_size = t(lr / (1.0 - beta1**step))
+    inv_bc2 = t(1.0 / (1.0 - beta2**step))
+    eps_ = t(eps)
+    ok = True
+    for i in range(p.size):
+        d = g[i] + wd * p[i]
+        mi = b1 * m[i] + c1 * d
+        vi = b2 * v[i] + c2 * d * d
+        pi = p[i] - step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
+        mn[i] = mi
+        vn[i] = vi
+        pn[i] = pi
+        ok &= abs(mi) + abs(vi) + abs(pi) < inf
+    if ok:
+        return UPDATE_OK
+    return _adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
+
+
 # The dispatchers below call the loops through the table of linking.py: each
 # loop is compiled once, on its own, when first used.
-_sgd_check = linked("optim.sgd_check")
 _sgd_update = linked("optim.sgd_update")
-_adam_check = linked("optim.adam_check")
 _adam_update = linked("optim.adam_update")
+_sgd_fused = linked("optim.sgd_fused")
+_adam_fused = linked("optim.adam_fused")
 
 
 @njit(**JIT_INLINE)
@@ -235,3 +321,34 @@ def apply_update(kind, p, g, s1, s2, hp, step):
         _adam_update(p, g, s1, s2, step, hp[0], hp[1], hp[2], hp[3], hp[4])
     else:
         _sgd_update(p, g, s1, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, step == 1)
+
+
+@njit(**JIT_INLINE)
+def fused_update(kind, p, g, s1, s2, hp, step, pn, s1n, s2n):
+    """``check_update`` and ``apply_update`` in one pass that writes the new
+    parameters and state into pn, s1n, s2n (read p, s1, s2; write the
+    others) and returns the status; on UPDATE_OK the caller adopts them."""
+    if kind == ADAM:
+        return _adam_fused(p, g, s1, s2, pn, s1n, s2n, step, hp[0], hp[1], hp[2], hp[3],
+                           hp[4])
+    return _sgd_fused(p, g, s1, pn, s1n, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0,
+                      step == 1)
+
+
+@njit(**JIT_INLINE)
+def adopt_update(kind, hp, pn, s1n, s2n, p, s1, s2):
+    """Copy what ``fused_update`` wrote (pn, and the state it writes) into
+    p, s1, s2: at the end of an epoch whose last step left the values in the
+    second buffers.  SGD without momentum writes no state, so none is
+    copied (its s1n holds nothing)."""
+    # loops, not ``p[:] = pn``: a slice assignment compiles NumPy's
+    # shape-mismatch message formatting (seconds of a cold first fit)
+    for i in range(p.size):
+        p[i] = pn[i]
+    if kind == ADAM:
+        for i in range(p.size):
+            s1[i] = s1n[i]
+            s2[i] = s2n[i]
+    elif hp[1] != 0.0:
+        for i in range(p.size):
+            s1[i] = s1n[i]

@@ -1,0 +1,131 @@
+"""The training step on several threads (issue 16): each layer split into
+column blocks, one single-threaded BLAS call per thread, the update fused
+into the backward pass.  It must compute the one-thread step (within float
+rounding: the blocks' products and L2 sums may round differently), be
+bit-for-bit repeatable for a given thread count, keep every divergence rule,
+and leave NumPy's BLAS threads as the user set them."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp as fb
+from fastbp._threads import BLAS_SINGLE
+
+pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                reason="needs a Numba thread pool of 2 or more")
+
+
+@pytest.fixture(autouse=True)
+def _always_split(monkeypatch):
+    # these networks are small enough that the step would run on one thread
+    monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
+
+# widths whose blocks are uneven (not multiples of 16) and wide enough that
+# the forward products are split too (>= 32 columns per thread)
+CASES = [
+    ([37, 83, 70, 5], "relu", "float32", fb.SGD(lr=0.05, momentum=0.9), 0.0),
+    ([37, 83, 70, 5], "tanh", "float64", fb.Adam(lr=1e-2), 1e-2),
+    ([20, 130, 1], "sigmoid", "float64", fb.SGD(lr=0.1, nesterov=True, momentum=0.5), 1e-3),
+    ([64, 300, 10], "relu", "float32", fb.SGD(lr=0.01), 1e-4),
+]
+
+
+def _train(widths, activation, dtype, opt, alpha, threads, steps=5, batch=23):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch * steps, widths[0]))
+    output = "identity" if widths[-1] == 1 else "softmax"
+    y = (rng.standard_normal((batch * steps, 1)) if output == "identity"
+         else rng.integers(0, widths[-1], batch * steps))
+    model = fb.MLP(widths, activation=activation, output=output, dtype=dtype, seed=3,
+                   alpha=alpha)
+    opt = type(opt)(**{k: getattr(opt, k) for k in opt._fields})
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        hist = model.fit(X, y, epochs=2, batch_size=batch, optimizer=opt, shuffle=True)
+        loss = model.train_on_batch(X[:batch], y[:batch])
+    finally:
+        numba.set_num_threads(old)
+    return model.flat_params.copy(), np.asarray(opt.state_).copy(), hist["loss"], loss
+
+
+@pytest.mark.parametrize(("widths", "activation", "dtype", "opt", "alpha"), CASES)
+def test_two_threads_compute_the_one_thread_step(widths, activation, dtype, opt, alpha):
+    p1, s1, h1, l1 = _train(widths, activation, dtype, opt, alpha, 1)
+    p2, s2, h2, l2 = _train(widths, activation, dtype, opt, alpha, 2)
+    rtol, atol = (2e-4, 1e-5) if dtype == "float32" else (1e-10, 1e-12)
+    np.testing.assert_allclose(p2, p1, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(s2, s1, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(h2, h1, rtol=rtol)
+    np.testing.assert_allclose(l2, l1, rtol=rtol)
+
+
+@pytest.mark.parametrize(("widths", "activation", "dtype", "opt", "alpha"), CASES[:2])
+def test_two_threads_are_repeatable_bit_for_bit(widths, activation, dtype, opt, alpha):
+    a = _train(widths, activation, dtype, opt, alpha, 2)
+    b = _train(widths, activation, dtype, opt, alpha, 2)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_divergence_on_threads_leaves_the_last_good_step(threads):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 40)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = fb.MLP([40, 96, 3], dtype="float32", seed=0)
+    opt = fb.Adam(lr=1e-3)
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        model.fit(X, y, epochs=1, batch_size=16, optimizer=opt)
+
+        def state():
+            return model.flat_params.copy(), np.asarray(opt.state_).copy(), opt.step_
+
+        before = state()
+        opt.lr = 3.3e38  # Adam's bias-corrected step overflows float32: a bad update
+        with pytest.raises(fb.DivergenceError, match="update"):
+            model.fit(X, y, epochs=1, batch_size=16)
+        after = state()
+        opt.lr = 1e-3
+        model.params[1][0][:] *= np.float32(1e37)  # huge logits: the step diverges
+        before_loss = state()
+        with pytest.raises(fb.DivergenceError, match="diverged"):
+            model.fit(X, y, epochs=1, batch_size=16)
+        after_loss = state()
+    finally:
+        numba.set_num_threads(old)
+    for got, want in ((after, before), (after_loss, before_loss)):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[2] == want[2]
+    assert np.isfinite(before_loss[0]).all()
+
+
+def test_small_steps_stay_on_one_thread(monkeypatch):
+    monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
+    numba.set_num_threads(2)
+    assert fb._threads.step_threads(3e6)[0] == 1
+    assert fb._threads.step_threads(5e6)[0] == 2
+
+
+def test_blas_threads_are_restored():
+    from threadpoolctl import threadpool_info
+
+    def numpy_blas_threads():
+        return [p["num_threads"] for p in threadpool_info()
+                if p["internal_api"] == "openblas" and "scipy_openblas64_" in p["filepath"]]
+
+    before = numpy_blas_threads()
+    X = np.random.default_rng(0).standard_normal((64, 80))
+    model = fb.MLP([80, 96, 4], dtype="float64", seed=0)
+    model.fit(X, np.arange(64) % 4, epochs=1, batch_size=16)
+    with BLAS_SINGLE:
+        with BLAS_SINGLE:  # nested (fits in several Python threads)
+            if BLAS_SINGLE._get is not None:
+                assert BLAS_SINGLE._get() == 1
+        if BLAS_SINGLE._get is not None:
+            assert BLAS_SINGLE._get() == 1
+    assert numpy_blas_threads() == before
