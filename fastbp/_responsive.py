@@ -47,6 +47,9 @@ THREAD_FLOPS = 5e8
 
 _pending = False
 _depth = 0
+#: False while a data-parallel fit defers: ranks agree on a Ctrl-C through
+#: their step's all-reduce, so ``check`` must not raise on one rank alone
+_raising = True
 
 
 def _on_sigint(signum, frame):
@@ -63,10 +66,15 @@ class deferred:
     Python's default handler (nested uses share one installation); a flag
     still set on a normal exit raises there, so no Ctrl-C is lost."""
 
-    __slots__ = ("old",)
+    __slots__ = ("collective", "old")
+
+    def __init__(self, collective=False):
+        # collective: ``check`` does not raise inside (the caller polls
+        # ``take`` at points every rank reaches together)
+        self.collective = collective
 
     def __enter__(self):
-        global _depth, _pending
+        global _depth, _pending, _raising
         self.old = None
         if _depth:
             _depth += 1
@@ -75,16 +83,18 @@ class deferred:
             _pending = False
             self.old = signal.signal(signal.SIGINT, _on_sigint)
             _depth = 1
+            _raising = not self.collective
         return self
 
     def __exit__(self, kind, exc, tb):
-        global _depth, _pending
+        global _depth, _pending, _raising
         if not _depth:
             return False
         _depth -= 1
         if _depth == 0 and self.old is not None:
             signal.signal(signal.SIGINT, self.old)
-            if _pending:
+            _raising = True
+            if _pending and not self.collective:
                 _pending = False
                 if kind is None:
                     raise KeyboardInterrupt
@@ -92,9 +102,10 @@ class deferred:
 
 
 def check():
-    """Raise KeyboardInterrupt if a Ctrl-C arrived while deferred."""
+    """Raise KeyboardInterrupt if a Ctrl-C arrived while deferred (not in a
+    collective deferral)."""
     global _pending
-    if _pending:
+    if _pending and _raising:
         _pending = False
         raise KeyboardInterrupt
 

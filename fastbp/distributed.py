@@ -313,7 +313,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
         last_save = time.monotonic()
 
     try:
-        with _r.deferred():
+        with _r.deferred(collective=True):
             for _ in range(epochs):
                 epoch = model.epochs_trained + 1
                 state = _r.EpochState()
@@ -420,6 +420,9 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                     save(False)
                 if bar is not None:
                     bar.end_epoch({k: vals[-1] for k, vals in history.items()})
+            # a Ctrl-C after the last step (validation, checkpoint): agreed on
+            if comm.allreduce(int(_r.take()), op=MPI.SUM):
+                raise _Agreed(KeyboardInterrupt())
     finally:
         if bar is not None and not isinstance(progress, _r.Progress):
             bar.close()
