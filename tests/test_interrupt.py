@@ -402,3 +402,35 @@ def test_full_disk_cli_out_names_the_path(full_disk, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("fastbp: error:") and str(out) in last and "space" in last
     assert os.listdir(full_disk) == []
+
+
+# -- the deferral itself ---------------------------------------------------------
+
+
+def test_deferred_sigint_raises_at_check_only():
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("a SIGINT handler other than Python's is installed")
+    with pytest.raises(KeyboardInterrupt), _r.deferred():
+        signal.raise_signal(signal.SIGINT)  # only sets the flag
+        x = sum(range(1000))  # bytecodes run on
+        assert x == 499500 and _r.pending()
+        _r.check()
+        pytest.fail("check did not raise")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a Ctrl-C after the last check is raised on leaving, not lost
+    with pytest.raises(KeyboardInterrupt), _r.deferred():
+        signal.raise_signal(signal.SIGINT)
+    # a collective deferral leaves it to the caller (take)
+    with _r.deferred(collective=True):
+        signal.raise_signal(signal.SIGINT)
+        _r.check()
+        assert _r.take() and not _r.pending()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_checkpoint_every_timedelta():
+    import datetime
+
+    assert _r.parse_every(datetime.timedelta(minutes=10)) == (None, 600.0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _r.parse_every(datetime.timedelta(0))
