@@ -8,6 +8,7 @@ activations of a batch in one preallocated workspace.  A whole epoch
 compiled call, so Python costs nothing per layer or per batch.
 """
 
+import itertools
 import sys
 import time
 
@@ -463,6 +464,8 @@ class MLP:
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 # the step's per-thread L2 sums and update severities
                 "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
+                # product flops of a step per batch row (_threads.step_threads)
+                "flops_per_row": 6.0 * sum(a * b for a, b in itertools.pairwise(w)),
                 # rows in order: train_on_batch is an epoch of one batch
                 "order": np.arange(cap),
             }
@@ -735,10 +738,8 @@ class MLP:
         batches of ``min(batch_size, rows)`` rows (rows: the epoch's, when
         ``perm`` is a slice of it; default ``perm.size``)."""
         s1, s2 = opt.state_
-        w = self.widths
         rows = perm.size if rows is None else rows
-        flops = 6.0 * min(batch_size, rows) * float(np.dot(w[:-1], w[1:]))
-        nt, guard = step_threads(flops)
+        nt, guard = step_threads(min(batch_size, rows) * ws["flops_per_row"])
         with guard:
             return _r.call_committing(_net.train_epoch, (
                 X, y_int, y_f, sw, perm, batch_size,

@@ -25,17 +25,37 @@ and expose fitted attributes with the same names:
 * ``dtype`` (fastbp only): ``None`` (default) works in float32 when ``X`` is
   float32 and in float64 otherwise, as scikit-learn does; ``"float32"`` is
   faster.
+* Starting weights: drawn as scikit-learn draws them, from the same
+  ``random_state`` in the same order (uniform within Glorot's bound
+  ``sqrt(factor / (fan_in + fan_out))``, factor 2 for logistic and 6
+  otherwise, biases drawn too), so the same ``random_state`` starts from the
+  same weights and full-batch L-BFGS follows scikit-learn's path to
+  rounding.  (``fb.MLP`` itself uses He's bound for ReLU layers and zero
+  biases.)
+* ``coefs_`` and ``intercepts_`` are views into the model's parameters;
+  assigning either list, or one entry, writes into the model after the
+  checks of any input.  Assigned before the first fit, they are the
+  starting weights of the next ``warm_start`` fit or ``partial_fit``.
+* An early-stopping fit whose step is not finite ends, with a
+  ConvergenceWarning, at the weights of the best validation score, with
+  NaN as the last validation score (scikit-learn goes on from non-finite
+  weights; fastbp never applies such a step).
 
-Differences that remain: weights are initialised as ``fb.MLP`` does (He for
-ReLU layers, biases at zero), not with scikit-learn's random generator, so
-results are comparable but not identical; Adam adds ``epsilon`` after the
-bias correction of the second moment (scikit-learn before); for several
+Differences that remain: Adam adds ``epsilon`` after the bias correction of
+the second moment (scikit-learn before: the same as fastbp's with epsilon
+``epsilon / sqrt(1 - beta_2 ** t)``, which differs only over the first steps
+and only where a gradient is near ``epsilon``); fastbp keeps one Adam, the
+PyTorch rule of ``fb.Adam``, inside its one compiled call per epoch.  The
+sgd/adam shuffles come from a
+generator of fastbp's own (seeded from ``random_state``); for several
 regression outputs the reported loss sums over the outputs (scikit-learn
-averages the data term but not its gradient).
+averages the data term but not its gradient).  scikit-learn's own test
+module passes against these estimators (tests/test_sklearn_upstream.py).
 
 scikit-learn is an optional dependency: it is imported only by this module.
 """
 
+import itertools
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -59,6 +79,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from . import _validation as v
 from . import network as _network
 from .network import MLP, DivergenceError
 from .optim import SGD, Adam
@@ -68,6 +89,9 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _OUTPUTS = {"softmax": "softmax", "logistic": "sigmoid", "identity": "identity", "exp": "exp"}
 _STOCHASTIC = ("sgd", "adam")
+# scikit-learn's wording, which users' code (and its tests) match on
+_NONFINITE = ("Solver produced non-finite parameter weights. The input data may contain "
+              "large values and need to be preprocessed.")
 # integer parameters for which a bool (an Integral in Python) is refused
 _INT_PARAMS = ("batch_size", "max_iter", "n_iter_no_change", "max_fun")
 
@@ -101,6 +125,45 @@ def _lbfgs_print_options(verbose):
     except ImportError:
         return {}
     return _get_additional_lbfgs_options_dict("iprint", 1 if verbose else -1)
+
+
+def _describe_layers(value):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return type(value).__name__
+    return f"{type(value).__name__} of length {len(value)}"
+
+
+class _LayerList(list):
+    """A fitted estimator's ``coefs_`` or ``intercepts_``: views into its
+    model, one per layer.  ``lst[k] = array`` writes into the model after the
+    checks of any input; changing the list's length is refused.  It pickles
+    and copies as a plain list of arrays."""
+
+    def __init__(self, est, which, arrays):
+        super().__init__(arrays)
+        self._est = est
+        self._which = which
+
+    def __setitem__(self, k, value):
+        if isinstance(k, slice):
+            raise TypeError(f"{self._which} takes one layer at a time: {self._which}[k] = "
+                            "array, or assign the whole list")
+        n = len(self)
+        if not isinstance(k, (Integral, np.integer)) or not -n <= k < n:
+            raise IndexError(f"{self._which} has {n} layers; got index {k!r}")
+        k = int(k) % n
+        arr = self._est._checked_layer(self._which, k, value)
+        list.__getitem__(self, k)[...] = arr
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{self._which} has one entry per layer of the network; its "
+                        "length cannot change (set hidden_layer_sizes and fit instead)")
+
+    __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = \
+        clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return list, (list(self),)
 
 
 class _BaseMLP(BaseEstimator):
@@ -217,19 +280,78 @@ class _BaseMLP(BaseEstimator):
         opt.lr = float(lr)
 
     # -- fitted attributes -------------------------------------------------------
+    # coefs_ and intercepts_ are views into the model's flat parameter buffer.
+    # Assigning the list, or one entry of it, writes into the model after the
+    # same checks as any input (shape, dtype, finite values).  Before the first
+    # fit the assigned lists are kept as they are and become the starting
+    # weights of the next warm_start fit or partial_fit (as scikit-learn does).
+    def _layers(self, which):
+        if hasattr(self, "_model"):
+            return _LayerList(self, which, [p[which == "intercepts_"]
+                                            for p in self._model.params])
+        pending = self.__dict__.get("_pending", {})
+        if which in pending:
+            return pending[which]
+        raise AttributeError(f"{which} exists only after fit")
+
+    def _set_layers(self, which, value):
+        if not hasattr(self, "_model"):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise TypeError(f"{which} must be a list with one array per layer; got "
+                                f"{type(value).__name__}")
+            self.__dict__.setdefault("_pending", {})[which] = value
+            return
+        params = self._model.params
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") \
+                or len(value) != len(params):
+            raise ValueError(f"{which} must be a list of {len(params)} arrays, one per layer; "
+                             f"got {_describe_layers(value)}")
+        checked = [self._checked_layer(which, k, a) for k, a in enumerate(value)]
+        for k, a in enumerate(checked):  # all checked before any is written
+            params[k][which == "intercepts_"][...] = a
+
+    def _checked_layer(self, which, k, value):
+        """``value`` as layer k's weights (``which`` "coefs_") or biases
+        ("intercepts_") in the model dtype: its shape, finite values."""
+        target = self._model.params[k][which == "intercepts_"]
+        name = f"{which}[{k}]"
+        arr = v.as_float(value, name, target.ndim, self._model.dtype)
+        if arr.shape != target.shape:
+            raise ValueError(f"{name} must have shape {target.shape}, as layer {k} of the "
+                             f"fitted network; got {arr.shape}")
+        return arr
+
     @property
     def coefs_(self):
-        """Weight matrices, one (d_in, d_out) view per layer."""
-        if not hasattr(self, "_model"):
-            raise AttributeError("coefs_ exists only after fit")
-        return [W for W, _ in self._model.params]
+        """Weight matrices, one (d_in, d_out) view per layer into the model.
+
+        Assigning the list or one of its entries writes into the model."""
+        return self._layers("coefs_")
+
+    @coefs_.setter
+    def coefs_(self, value):
+        self._set_layers("coefs_", value)
 
     @property
     def intercepts_(self):
-        """Bias vectors, one (d_out,) view per layer."""
-        if not hasattr(self, "_model"):
-            raise AttributeError("intercepts_ exists only after fit")
-        return [b for _, b in self._model.params]
+        """Bias vectors, one (d_out,) view per layer into the model.
+
+        Assigning the list or one of its entries writes into the model."""
+        return self._layers("intercepts_")
+
+    @intercepts_.setter
+    def intercepts_(self, value):
+        self._set_layers("intercepts_", value)
+
+    def _load_pending(self):
+        """Write weights assigned before the first fit into the new model."""
+        pending = self.__dict__.pop("_pending", {})
+        if set(pending) != {"coefs_", "intercepts_"}:
+            raise ValueError("to start from given weights, assign both coefs_ and "
+                             f"intercepts_; got only {', '.join(pending)}")
+        self._set_layers("coefs_", pending["coefs_"])
+        self._set_layers("intercepts_", pending["intercepts_"])
+        self._best_params = self._model.flat_params.copy()
 
     @property
     def model_(self):
@@ -245,11 +367,24 @@ class _BaseMLP(BaseEstimator):
         self.n_outputs_ = n_outputs
         self.n_layers_ = len(hidden) + 2
         self.out_activation_ = out_activation
-        seed = int(self._random_state.randint(np.iinfo(np.int32).max))
-        self._model = MLP([n_features, *hidden, n_outputs],
-                          activation=_ACTIVATIONS[self.activation],
+        rs = self._random_state
+        # scikit-learn's starting point, drawn from the same generator in the
+        # same order: weights, then biases, layer by layer, uniform within
+        # sqrt(factor / (fan_in + fan_out)), factor 2 for logistic layers, else 6
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        widths = [n_features, *hidden, n_outputs]
+        init = []
+        for fan_in, fan_out in itertools.pairwise(widths):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            init.append((rs.uniform(-bound, bound, (fan_in, fan_out)),
+                         rs.uniform(-bound, bound, fan_out)))
+        seed = int(rs.randint(np.iinfo(np.int32).max))  # fastbp's own shuffling
+        self._model = MLP(widths, activation=_ACTIVATIONS[self.activation],
                           output=_OUTPUTS[out_activation], dtype=dtype, seed=seed,
                           alpha=self.alpha)
+        for (W, b), (W0, b0) in zip(self._model.params, init):
+            W[...] = W0
+            b[...] = b0
         self._best_params = self._model.flat_params.copy()
         if hasattr(self, "_optimizer"):
             del self._optimizer
@@ -267,7 +402,13 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental):
         hidden = self._check_params()
-        first = not hasattr(self, "_model") or (not self.warm_start and not incremental)
+        reuse = self.warm_start or incremental
+        first = not hasattr(self, "_model") or not reuse
+        # weights assigned before the first fit: the start of a warm_start fit
+        # or partial_fit, as in scikit-learn; any other fit draws new ones
+        given = reuse and not hasattr(self, "_model") and "_pending" in self.__dict__
+        if not given:
+            self.__dict__.pop("_pending", None)
         X, y = self._validate_input(X, y, incremental, reset=first)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
@@ -275,6 +416,12 @@ class _BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first:
             self._initialize(X.shape[1], n_out, hidden, out_act, self._work_dtype(X))
+            if given:
+                try:
+                    self._load_pending()
+                except (TypeError, ValueError):
+                    del self._model  # no half-made model: unfitted, as before
+                    raise
         elif n_out != self.n_outputs_:
             raise ValueError(f"y has {n_out} outputs but the estimator was fitted with "
                              f"{self.n_outputs_}")
@@ -288,12 +435,9 @@ class _BaseMLP(BaseEstimator):
             else:
                 self._fit_stochastic(X, y, target, sample_weight, incremental)
         except DivergenceError as exc:
-            raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The "
-                             "input data may contain large values and need to be "
-                             "preprocessed.") from exc
+            raise ValueError(f"{_NONFINITE} (fastbp: {exc})") from exc
         if not np.isfinite(model.flat_params).all():
-            raise ValueError("Solver produced non-finite parameter weights. The input data "
-                             "may contain large values and need to be preprocessed.")
+            raise ValueError(_NONFINITE)
         return self
 
     def _fit_lbfgs(self, X, target, sample_weight):
@@ -351,11 +495,15 @@ class _BaseMLP(BaseEstimator):
             if self.validation_fraction == 0:
                 raise ValueError("validation_fraction must be > 0 with early_stopping=True; "
                                  "got 0")
-            binary = is_classifier(self) and self._label_binarizer.y_type_ == "binary"
+            # stratified on the binarized labels of a single-output classifier,
+            # as scikit-learn (which names a too-rare class as it: ['True'])
+            stratify = None
+            if is_classifier(self) and self.n_outputs_ == 1:
+                stratify = self._label_binarizer.transform(y).astype(bool)
             idx = np.arange(X.shape[0])
             train, val = train_test_split(idx, random_state=self._random_state,
                                           test_size=self.validation_fraction,
-                                          stratify=y if binary else None)
+                                          stratify=stratify)
             if val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
@@ -375,12 +523,19 @@ class _BaseMLP(BaseEstimator):
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
-                if dense:
-                    loss = model._run_epoch(data, batch_size, opt, self.shuffle)
-                else:
-                    hist = model.fit(X, target, epochs=1, batch_size=batch_size, optimizer=opt,
-                                     shuffle=self.shuffle, sample_weight=sample_weight)
-                    loss = hist["loss"][0]
+                try:
+                    if dense:
+                        loss = model._run_epoch(data, batch_size, opt, self.shuffle)
+                    else:
+                        hist = model.fit(X, target, epochs=1, batch_size=batch_size,
+                                         optimizer=opt, shuffle=self.shuffle,
+                                         sample_weight=sample_weight)
+                        loss = hist["loss"][0]
+                except DivergenceError as exc:
+                    if not early:
+                        raise
+                    self._diverged(exc)
+                    break
                 self.n_iter_ += 1
                 self.loss_ = float(loss)
                 self.t_ += n
@@ -408,6 +563,20 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Training interrupted by user.", stacklevel=4)
         if early:
             model.flat_params[...] = self._best_params
+
+    def _diverged(self, exc):
+        """A step of an early-stopping fit was not finite: scikit-learn records
+        a NaN validation score and goes on from non-finite weights; fastbp
+        never applies such a step, so it stops here and keeps the weights of
+        the best validation score (restored by the caller)."""
+        self.n_iter_ += 1
+        self.loss_ = np.nan
+        self.loss_curve_.append(np.nan)
+        self.validation_scores_.append(np.nan)
+        warnings.warn(f"Training diverged in iteration {self.n_iter_} ({exc}); stopped with "
+                      "the weights of the best validation score "
+                      f"({self.best_validation_score_:g}).", ConvergenceWarning,
+                      stacklevel=5)
 
     def _trigger_stopping(self, msg):
         """True to stop; with learning_rate="adaptive" (sgd) divide the
@@ -453,15 +622,18 @@ class _BaseMLP(BaseEstimator):
                                  f"{self.solver} is not stochastic.")
         return True
 
-    def _outputs(self, X, check_input=True):
-        """Network outputs after the output activation, (n, n_outputs_)."""
+    def _logits(self, X, check_input=True):
+        """The network's raw outputs (before the output activation)."""
         if check_input:
             check_is_fitted(self, "_model")
             X = validate_data(self, X, accept_sparse=_accept_sparse(), reset=False,
                               dtype=[np.float64, np.float32])
             if sp.issparse(X):
                 X = X.tocsr()
-        z = self._model.forward(X)
+        return self._model.forward(X)
+
+    def _activate(self, z):
+        """The output activation applied to logits ``z``, in place."""
         if self.out_activation_ == "softmax":
             z -= z.max(axis=1, keepdims=True)
             np.exp(z, out=z)
@@ -472,8 +644,18 @@ class _BaseMLP(BaseEstimator):
             np.exp(z, out=z)
         return z
 
+    def _outputs(self, X, check_input=True):
+        """Network outputs after the output activation, (n, n_outputs_)."""
+        return self._activate(self._logits(X, check_input))
+
     def _score_unchecked(self, X, y, sample_weight):
-        pred = self._predict(X, check_input=False)
+        try:
+            pred = self._predict(X, check_input=False)
+        except ValueError:
+            # X was checked when the fit began, so the only error left is the
+            # network's outputs overflowing (finite weights grown too large):
+            # no finite prediction, scored NaN as scikit-learn does
+            return np.nan
         if np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
             return np.nan
         return float(self._score_function(y, pred, sample_weight=sample_weight))
@@ -573,25 +755,39 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Class probabilities: (n, n_classes), (n, 2) for binary problems,
         (n, n_labels) for multilabel ones."""
         check_is_fitted(self)
-        P = self._outputs(X)
+        return self._proba(self._outputs(X))
+
+    def _proba(self, P):
         if self.n_outputs_ == 1:
             p = P.ravel()
             return np.vstack([1 - p, p]).T
         return P
 
     def predict_log_proba(self, X):
-        """Natural log of ``predict_proba``, computed stably from the logits."""
+        """Natural log of ``predict_proba``.
+
+        It is ``np.log(predict_proba(X))`` wherever that probability is above
+        zero, so that both rank the classes alike, ties included (two labels
+        whose probabilities round to 1.0 tie in both).  Where a probability
+        underflows to zero, its logarithm is computed from the logits (a
+        finite number below ``log(tiny)``), not ``-inf``.
+        """
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=_accept_sparse(), reset=False,
-                          dtype=[np.float64, np.float32])
-        z = self._model.forward(X.tocsr() if sp.issparse(X) else X)
+        z = self._logits(X)
+        P = self._proba(self._activate(z.copy()))
         if self.out_activation_ == "softmax":
             z = z - z.max(axis=1, keepdims=True)
-            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        if self.n_outputs_ == 1:
+            L = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        elif self.n_outputs_ == 1:
             z = z.ravel()
-            return np.vstack([-np.logaddexp(0, z), -np.logaddexp(0, -z)]).T
-        return -np.logaddexp(0, -z)
+            L = np.vstack([-np.logaddexp(0, z), -np.logaddexp(0, -z)]).T
+        else:
+            L = -np.logaddexp(0, -z)
+        with np.errstate(divide="ignore"):
+            out = np.log(P)
+        zero = P == 0
+        out[zero] = L[zero]
+        return out
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):

@@ -207,8 +207,10 @@ def test_early_stopping_with_sample_weight_matches_scikit_learn_split():
     X, y = _digits(300)
     X = X / 16
     sw = np.linspace(0.5, 2, 300)
-    kw = {"hidden_layer_sizes": (16,), "early_stopping": True, "n_iter_no_change": 3, "max_iter": 50,
-              "random_state": 0, "learning_rate_init": 0.01}
+    # n_iter_no_change=3 stops both after 5-13 noisy epochs, where the scores
+    # differ by chance; 10 lets both learn (0.96-1.0)
+    kw = {"hidden_layer_sizes": (16,), "early_stopping": True, "n_iter_no_change": 10,
+          "max_iter": 100, "random_state": 0, "learning_rate_init": 0.01}
     ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
     theirs = SkClassifier(**kw).fit(X, y, sample_weight=sw)
     assert len(ours.validation_scores_) == ours.n_iter_
@@ -405,3 +407,187 @@ def test_speed_path_runs():
         clf = MLPClassifier(hidden_layer_sizes=(128,), solver="sgd", batch_size=32,
                             learning_rate_init=0.01, max_iter=3, random_state=0).fit(X, y)
     assert clf.n_iter_ == 3
+
+
+# -- round 3: scikit-learn's own tests (tests/test_sklearn_upstream.py) -------------
+@quiet
+@pytest.mark.parametrize("activation", ["logistic", "relu", "tanh"])
+@pytest.mark.parametrize("cls,sk_cls", [(MLPClassifier, SkClassifier), (MLPRegressor, SkRegressor)])
+def test_starting_weights_are_scikit_learns(cls, sk_cls, activation):
+    """The same random_state draws the same starting weights as scikit-learn
+    (Glorot's uniform bound, factor 2 for logistic, biases drawn too), so a
+    few full-batch L-BFGS iterations agree to rounding."""
+    X, y = _regression(80) if cls is MLPRegressor else _digits(120)
+    kw = {"solver": "lbfgs", "hidden_layer_sizes": (9, 7), "max_iter": 3,
+          "activation": activation, "random_state": np.random.RandomState(3)}
+    ours = cls(**kw).fit(X, y)
+    theirs = sk_cls(**{**kw, "random_state": np.random.RandomState(3)}).fit(X, y)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _fitted_classifier(**kw):
+    X, y = _digits(120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return MLPClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0,
+                             **kw).fit(X / 16, y), X / 16
+
+
+def test_coefs_and_intercepts_assignment_writes_into_the_model():
+    clf, X = _fitted_classifier()
+    rng = np.random.RandomState(0)
+    Ws = [rng.normal(size=W.shape) for W in clf.coefs_]
+    bs = [rng.normal(size=b.shape) for b in clf.intercepts_]
+    clf.coefs_ = Ws
+    clf.intercepts_ = bs
+    z = np.maximum(X @ Ws[0] + bs[0], 0) @ Ws[1] + bs[1]
+    P = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(clf.predict_proba(X), P / P.sum(1, keepdims=True), rtol=1e-10)
+    clf.coefs_[1] = 2 * Ws[1]  # one entry: written into the model too
+    np.testing.assert_array_equal(clf.model_.params[1][0], 2 * Ws[1])
+    clf.intercepts_[-1] = np.zeros(10, np.float32)
+    np.testing.assert_array_equal(clf.model_.params[1][1], 0)
+    clf.coefs_[0] *= 0.5  # in place, through the view
+    np.testing.assert_array_equal(clf.model_.params[0][0], 0.5 * Ws[0])
+    # pickled or copied, the list is a plain list of arrays
+    assert type(pickle.loads(pickle.dumps(clf.coefs_))) is list
+
+
+@pytest.mark.parametrize("which,value,error,match", [
+    ("coefs_", "shape", ValueError, r"coefs_\[0\] must have shape \(64, 6\).*; got \(3, 3\)"),
+    ("coefs_", "nan", ValueError, r"coefs_\[1\] must be finite"),
+    ("coefs_", "short", ValueError, r"coefs_ must be a list of 2 arrays, one per layer"),
+    ("coefs_", "ndim", ValueError, r"coefs_\[0\] must be 2-D"),
+    ("intercepts_", "shape", ValueError, r"intercepts_\[0\] must have shape \(6,\).*\(3,\)"),
+    ("intercepts_", "text", TypeError, r"intercepts_\[0\]"),
+    ("intercepts_", "scalar", ValueError, r"intercepts_ must be a list of 2 arrays"),
+])
+def test_coefs_assignment_is_checked(which, value, error, match):
+    """A bad list, or a bad entry, is refused naming it; nothing is written."""
+    clf, _ = _fitted_classifier()
+    before = clf.model_.flat_params.copy()
+    good = [a.copy() for a in getattr(clf, which)]
+    first = {"shape": np.ones((3, 3) if which == "coefs_" else 3), "ndim": good[0][None],
+             "text": ["a"] * 6}
+    bad = {"nan": [good[0], np.full_like(good[1], np.nan)], "short": good[:1],
+           "scalar": 1.0}.get(value) or [first[value], good[1]]
+    with pytest.raises(error, match=match):
+        setattr(clf, which, bad)
+    if isinstance(bad, list) and len(bad) == 2:
+        k = 0 if value in first else 1
+        with pytest.raises(error, match=match):
+            getattr(clf, which)[k] = bad[k]
+    with pytest.raises(TypeError, match="cannot change"):
+        getattr(clf, which).append(good[0])
+    np.testing.assert_array_equal(clf.model_.flat_params, before)
+
+
+def test_coefs_assignment_float32_overflow_and_index():
+    clf, _ = _fitted_classifier(dtype="float32")
+    with pytest.raises(ValueError, match=r"coefs_\[1\] holds values too large for float32"):
+        clf.coefs_[1] = np.full((6, 10), 1e300)
+    with pytest.raises(IndexError, match="coefs_ has 2 layers"):
+        clf.coefs_[2] = np.ones((6, 10))
+
+
+@quiet
+def test_weights_assigned_before_fit_start_partial_fit_and_warm_start():
+    X, y = _regression(60)
+    rng = np.random.RandomState(1)
+    Ws, bs = [rng.normal(size=(5, 4)), rng.normal(size=(4, 1))], [np.zeros(4), np.zeros(1)]
+    kw = {"hidden_layer_sizes": (4,), "solver": "sgd", "learning_rate_init": 1e-9,
+          "momentum": 0.0, "random_state": 0}
+    for how in ("partial_fit", "warm_start"):
+        reg = MLPRegressor(**kw, warm_start=how == "warm_start", max_iter=1)
+        reg.coefs_ = [W.copy() for W in Ws]
+        reg.intercepts_ = [b.copy() for b in bs]
+        getattr(reg, "partial_fit" if how == "partial_fit" else "fit")(X, y)
+        for a, b in zip(reg.coefs_, Ws):  # a step of 1e-9 from the given weights
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    reg = MLPRegressor(**kw, max_iter=1)  # a plain fit draws its own
+    reg.coefs_, reg.intercepts_ = Ws, bs
+    reg.fit(X, y)
+    assert not np.allclose(reg.coefs_[0], Ws[0], atol=1e-3)
+    reg = MLPRegressor(**kw)
+    reg.coefs_ = Ws
+    with pytest.raises(ValueError, match="assign both coefs_ and intercepts_"):
+        reg.partial_fit(X, y)
+    assert not hasattr(reg, "model_")
+    reg = MLPRegressor(**kw)
+    reg.coefs_, reg.intercepts_ = [np.ones((5, 3)), np.ones((3, 1))], bs
+    with pytest.raises(ValueError, match=r"coefs_\[0\] must have shape \(5, 4\)"):
+        reg.partial_fit(X, y)
+
+
+@quiet
+def test_learning_rate_after_warm_start_and_partial_fit():
+    """scikit-learn's test_learning_rate_warmstart through the public
+    model_.optimizer.lr: invscaling continues from t_, constant stays."""
+    X = [[3, 2], [1, 6], [5, 6], [-2, -4]]
+    y = [1, 1, 1, 0]
+    for schedule in ("invscaling", "constant"):
+        kw = {"solver": "sgd", "hidden_layer_sizes": 4, "learning_rate": schedule,
+              "power_t": 0.25}
+        mlp = MLPClassifier(max_iter=1, warm_start=True, **kw).fit(X, y)
+        prev = mlp.model_.optimizer.lr
+        mlp.fit(X, y)
+        post = mlp.model_.optimizer.lr
+        pf = MLPClassifier(**kw)
+        for _ in range(3):
+            pf.partial_fit(X, y, classes=[0, 1])
+        if schedule == "constant":
+            assert prev == post == pf.model_.optimizer.lr == mlp.learning_rate_init
+        else:
+            assert post == mlp.learning_rate_init / (8 + 1) ** mlp.power_t
+            assert pf.model_.optimizer.lr == pf.learning_rate_init / (12 + 1) ** pf.power_t
+
+
+def test_adaptive_learning_rate_goes_below_1e_6():
+    """scikit-learn's test_adaptive_learning_rate on model_.optimizer.lr."""
+    clf = MLPClassifier(tol=0.5, max_iter=3000, solver="sgd", learning_rate="adaptive")
+    clf.fit([[3, 2], [1, 6]], [1, 0])
+    assert clf.max_iter > clf.n_iter_
+    assert clf.model_.optimizer.lr < 1e-6
+
+
+def test_diverging_fit_with_early_stopping_keeps_the_best_weights():
+    X, y = _regression(150)
+    kw = {"hidden_layer_sizes": 50, "activation": "identity", "solver": "sgd",
+          "learning_rate_init": 1.0, "max_iter": 20, "random_state": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.warns(ConvergenceWarning, match="diverged"):
+            reg = MLPRegressor(early_stopping=True, **kw).fit(X * 100, y)
+    assert np.isnan(reg.validation_scores_[-1]) and np.isnan(reg.loss_curve_[-1])
+    assert len(reg.validation_scores_) == len(reg.loss_curve_) == reg.n_iter_
+    assert np.isfinite(reg.model_.flat_params).all()
+    finite = [s for s in reg.validation_scores_ if np.isfinite(s)]
+    assert reg.best_validation_score_ == max(finite)
+    assert reg.score(X[:20] * 100, y[:20]) == pytest.approx(
+        MLPRegressor.score(reg, X[:20] * 100, y[:20]))
+    msg = (r"^Solver produced non-finite parameter weights\. The input data may contain "
+           r"large values and need to be preprocessed\. \(fastbp: training diverged")
+    with pytest.raises(ValueError, match=msg), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MLPRegressor(**kw).fit(X * 100, y)
+
+
+@quiet
+@needs_sigmoid
+def test_log_proba_ranks_as_proba_with_ties():
+    """Two labels whose probabilities round to 1.0 tie in predict_log_proba
+    too; a probability that underflows gets a finite logarithm."""
+    X, Y = np.eye(3), np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]])
+    clf = MLPClassifier(hidden_layer_sizes=(3,), activation="identity", solver="lbfgs",
+                        max_iter=5, random_state=0).fit(X, Y)
+    clf.coefs_ = [np.eye(3), np.array([[40.0, 50.0, -1600.0], [50.0, 40.0, 0.0],
+                                       [0.0, 0.0, 800.0]])]
+    clf.intercepts_ = [np.zeros(3), np.zeros(3)]
+    P, L = clf.predict_proba(X), clf.predict_log_proba(X)
+    assert P[0, 0] == P[0, 1] == 1.0 and P[0, 2] == 0  # logits 40 and 50 tie at 1.0
+    np.testing.assert_array_equal(P.argmax(1), L.argmax(1))
+    assert np.isfinite(L).all() and (P == 0).any()
+    pos = P > 0
+    np.testing.assert_array_equal(L[pos], np.log(P[pos]))
+    assert (L[~pos] < np.log(np.finfo(np.float64).tiny)).all()

@@ -473,17 +473,17 @@ def train_step(
     value non-finite; then the step's values are to be dropped and params,
     s1, s2 hold the last good ones.
 
-    Threads: the step uses ``nt`` threads (``scratch``: 2 nt values of the
-    parameters' dtype), the caller's
-    ``numba.get_num_threads()`` (the user's ``fastbp.set_num_threads``;
-    an argument because calling it here would keep Numba from caching the
-    kernel).  With more than one, each layer's
+    Threads: the step uses ``nt`` threads, chosen by the caller
+    (``fastbp._threads.step_threads``: Numba's thread count, or 1 for a
+    small step; an argument because ``numba.get_num_threads()`` in here
+    would keep Numba from caching the kernel); ``scratch`` holds 2 nt
+    values of the parameters' dtype.  With more than one, each layer's
     products are split by blocks of columns (``forward_blocks``,
     ``backward_update``), each thread calling OpenBLAS single-threaded on
     its own block; the caller sets OpenBLAS's own threads to 1 around the
     call (``fastbp._threads.BLAS_SINGLE``), so that BLAS's threads and the
-    step's never run at once.
-    The loss of the (narrow) output layer runs on one thread.
+    step's never run at once.  The loss of the (narrow) output layer runs
+    on one thread.
 
     Why a second buffer: the finiteness check and the update are one pass
     over the parameters (each read once), done block by block right after
