@@ -59,7 +59,10 @@ def atomic_savez(path, **arrays):
         mode = os.stat(path).st_mode & 0o7777
     except OSError:
         mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
@@ -67,13 +70,24 @@ def atomic_savez(path, **arrays):
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
     _fsync_dir(directory)
+
+
+def _naming(exc, path):
+    """``exc`` (an OSError met while writing ``path``, which may name only a
+    temporary file or nothing) as the same kind of OSError, with the same
+    errno, naming ``path`` as the user gave it."""
+    if exc.errno is None:
+        return OSError(f"cannot write {path!r}: {exc}")
+    return OSError(exc.errno, exc.strerror or str(exc), path)
 
 
 def _fsync_dir(directory):
@@ -109,6 +123,10 @@ def model_arrays(model, include_optimizer=False):
         "history": np.array(json.dumps(model.history)),
         "rng_state": np.array(json.dumps(model._rng.bit_generator.state)),
     }
+    partial = model.__dict__.get("_partial")
+    if include_optimizer and partial is not None:
+        # an unfinished epoch (a checkpoint at a Ctrl-C or mid-epoch)
+        arrays["partial_epoch"] = np.array(json.dumps(partial))
     opt = model.optimizer
     if include_optimizer and opt is not None and opt.state_ is not None:
         settings = {k: getattr(opt, k) for k in opt._fields}
@@ -344,6 +362,22 @@ def _check_rng_state(path, state):
     return rng
 
 
+def _check_partial(path, p):
+    """An unfinished epoch's record (``MLP._partial_record``), checked."""
+    ints = ("n", "batch_size", "batches", "correct", "ranks")
+    ok = (set(p) == {"rng_state", "loss_sum", *ints}
+          and all(isinstance(p[k], int) and not isinstance(p[k], bool) and p[k] >= 0
+                  for k in ints)
+          and p["n"] >= 0 and p["batch_size"] >= 1 and p["ranks"] >= 1
+          and _is_number(p["loss_sum"])
+          and (p["rng_state"] is None or isinstance(p["rng_state"], dict)))
+    if not ok:
+        _fail(path, "bad partial_epoch record")
+    if p["rng_state"] is not None:
+        _check_rng_state(path, p["rng_state"])
+    return p
+
+
 def _check_optimizer(path, d, optimizer, params, widths):
     if not {"name", "settings", "step"} <= set(optimizer):
         _fail(path, "optimizer field lacks name, settings or step")
@@ -440,7 +474,11 @@ def check_model_arrays(path, d):
     optimizer = _json_field(path, d, "optimizer")
     if optimizer is not None:
         optimizer = _check_optimizer(path, d, optimizer, params, w)
+    partial = _json_field(path, d, "partial_epoch")
+    if partial is not None:
+        partial = _check_partial(path, partial)
     return {
+        "partial_epoch": partial,
         "rng": rng,
         "rng_state": rng_state,
         "optimizer": optimizer,

@@ -280,16 +280,18 @@ def _train(args):
             file=sys.stderr, flush=True)
     bar = None
     if args.progress and rank == 0:
-        from tqdm.auto import tqdm
+        from ._responsive import Progress
 
-        bar = tqdm(total=args.epochs, unit="epoch", desc="train", file=sys.stderr)
+        # rows within each epoch, rate, ETA and the running loss
+        bar = Progress(args.epochs * n_train, args.epochs, desc="train", file=sys.stderr)
     write = bar.write if bar is not None else say
     history = {}
     try:
         for epoch in range(1, args.epochs + 1):
             t0 = time.perf_counter()
             h = model.fit(Xtr, ytr, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                          validation_data=val, comm=comm)
+                          validation_data=val, comm=comm,
+                          progress=False if bar is None else bar)
             dt = time.perf_counter() - t0
             for k, vals in h.items():
                 history.setdefault(k, []).append(vals[0])
@@ -299,12 +301,6 @@ def _train(args):
                     parts.append(f"{'acc' if k == 'accuracy' else k.replace('accuracy', 'acc')} "
                                  f"{h[k][0]:.4f}")
             write("  ".join(parts) + f"  ({dt * 1e3:.1f} ms)")
-            if bar is not None:
-                post = {"loss": f"{h['loss'][0]:.4f}"}
-                if "accuracy" in h:
-                    post["acc"] = f"{h['accuracy'][0]:.4f}"
-                bar.set_postfix(post)
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -462,6 +458,28 @@ def build_parser():
 
 
 def main(argv=None):
+    """The ``fastbp`` command; returns its exit status.  Ctrl-C is one line
+    and status 130, the shell's code for SIGINT (under mpiexec, the line
+    comes from rank 0 only); nothing is written after it."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if _mpi_rank_env() == 0:
+            print("fastbp: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _mpi_rank_env():
+    """This process's rank as MPICH's or Open MPI's launcher sets it; 0
+    without a launcher."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         try:

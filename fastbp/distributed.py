@@ -22,8 +22,16 @@ Every rank passes its own shard of the rows.  The contract (docs/distributed.md)
   same ``DivergenceError`` with the parameters from before that step.  An
   error on one rank (bad input, a failing checkpoint write, an exception
   during a step) is agreed on through a collective, so every rank raises;
-  anything that escapes that (e.g. KeyboardInterrupt on one rank) aborts the
-  job with ``comm.Abort`` rather than leave the other ranks waiting forever.
+  anything that escapes that aborts the job with ``comm.Abort`` rather than
+  leave the other ranks waiting forever.
+* Ctrl-C (SIGINT on any rank, in the main thread) sets a flag that rides
+  in the per-step all-reduce (an element after the kernels' tail): at the
+  next step every rank stops before updating, keeps the state of the last
+  complete step (``model.partial_epoch`` says where the epoch stands),
+  writes the checkpoint if one is given, and raises KeyboardInterrupt.  A
+  second Ctrl-C raises at once (and so aborts the job).  ``checkpoint_every``
+  as a time ("10min") is decided by rank 0's clock through the same
+  all-reduce, so every rank saves at the same step.
 * History (loss, accuracy, validation scores) and ``evaluate`` are global.
   Checkpoints are written by rank 0 only; a checkpoint resumes on any number
   of ranks (every rank loads it; rank 0's copy is broadcast).
@@ -39,6 +47,7 @@ import traceback
 
 import numpy as np
 
+from . import _responsive as _r
 from . import _validation as v
 from ._kernels import distributed as _dk
 from ._kernels import network as _net
@@ -196,8 +205,9 @@ def _setup(model, X, y, comm, epochs, batch_size, optimizer, validation_data, sh
     epochs = v.as_positive_int(epochs, "epochs")
     batch_size = v.as_positive_int(batch_size, "batch_size")
     shuffle = v.as_bool(shuffle, "shuffle")
-    v.as_bool(progress, "progress")
-    checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
+    if not isinstance(progress, _r.Progress):
+        v.as_bool(progress, "progress")
+    checkpoint_every = _r.parse_every(checkpoint_every)
     if checkpoint is not None:
         # rank 0 writes it: checked there now, not after the first epoch
         checkpoint = (v.check_writable_path if comm.Get_rank() == 0 else v.as_path)(
@@ -257,12 +267,19 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     comm.Bcast(model._params, root=0)
     comm.Bcast(s1, root=0)
     comm.Bcast(s2, root=0)
-    opt.step_, model.epochs_trained, model.history = comm.bcast(
-        (opt.step_, model.epochs_trained, model.history), root=0)
+    opt.step_, model.epochs_trained, model.history, partial = comm.bcast(
+        (opt.step_, model.epochs_trained, model.history, model.__dict__.get("_partial")),
+        root=0)
+    model._partial = partial
+    size = comm.Get_size()
+    partial = model._take_partial(n_local, batch_size, shuffle, size)
     hp = opt.hyperparameters()
     P = model.n_params
     dt = model.dtype
-    gbuf = np.zeros(P + _dk.TAIL, dtype=dt)
+    # the kernels' tail, then two flags of this module's own: a Ctrl-C on
+    # some rank, and rank 0's clock asking for a checkpoint
+    gbuf = np.zeros(P + _dk.TAIL + 2, dtype=dt)
+    INTERRUPT, SAVE = P + _dk.TAIL, P + _dk.TAIL + 1
     ws = model._workspace(max(1, min(batch_size, n_local)))
     tail = gbuf[P:]
     classify = model.output in CLASSIFIER_OUTPUTS
@@ -273,86 +290,150 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
         history["val_loss"] = []
         if classify:
             history["val_accuracy"] = []
+    every_e, every_s = checkpoint_every
     bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+    if rank == 0 and progress is not False:
+        bar = progress if isinstance(progress, _r.Progress) else _r.Progress(
+            epochs * n_global, epochs, desc=f"fit ({size} ranks)",
+            first_epoch=model.epochs_trained + 1)
+    last_save = time.monotonic()
+    state = rng_state = None
 
-        bar = tqdm(total=epochs, unit="epoch", desc=f"fit ({comm.Get_size()} ranks)")
+    def save(mid_epoch):
+        nonlocal last_save
+        model._partial = None if not mid_epoch else model._partial_record(
+            rng_state, n_local, batch_size, state, size)
+        try:
+            _agree(comm, lambda: model.save(checkpoint, include_optimizer=True)
+                   if rank == 0 else None)
+        except Exception as exc:  # noqa: BLE001 - raised on every rank alike
+            raise _Agreed(exc) from None
+        finally:
+            model._partial = None
+        last_save = time.monotonic()
+
     try:
-        for _ in range(epochs):
-            epoch = model.epochs_trained + 1
-            if shuffle:
-                seed = comm.bcast(int(model._rng.integers(2**63)) if rank == 0 else None,
-                                  root=0)
-                perm = np.random.default_rng([seed, rank]).permutation(n_local)
-            else:
-                perm = np.arange(n_local)
-            loss_acc = 0.0
-            correct = 0.0
-            step = opt.step_
-            for t in range(steps):
-                start = t * batch_size
-                m = min(batch_size, n_local - start)
-                err = None
-                try:
-                    if m > 0:
-                        _dk.local_sums(X, y_int, y_f, sw, perm, start, m, model._params,
-                                       gbuf, model.widths, model.codes, kind,
-                                       ws["xb"], ws["yb_int"], ws["yb_f"], ws["rw"],
-                                       ws["acts"], ws["delta_a"], ws["delta_b"])
-                    else:
-                        gbuf.fill(0)
-                except Exception as exc:  # noqa: BLE001 - agreed on below
-                    err = exc
-                    gbuf.fill(0)
-                    tail[_dk.FAILED] = 1
-                t0 = time.perf_counter()
-                comm.Allreduce(MPI.IN_PLACE, gbuf, op=MPI.SUM)
-                t_allreduce += time.perf_counter() - t0
-                n_steps += 1
-                if tail[_dk.FAILED] != 0:
-                    if err is not None:
-                        raise _Agreed(err)
-                    raise _Agreed(RankFailedError(
-                        f"another rank failed at epoch {epoch}, step {t + 1}"))
-                status, batch_loss, step = _dk.finish_step(
-                    model._params, gbuf, model.widths, model.alpha, opt.kind, hp, s1, s2,
-                    step)
-                if status != 0:
+        with _r.deferred(collective=True):
+            for _ in range(epochs):
+                epoch = model.epochs_trained + 1
+                state = _r.EpochState()
+                if partial is not None:
+                    if partial["rng_state"] is not None and rank == 0:
+                        model._rng.bit_generator.state = partial["rng_state"]
+                    state = _r.EpochState(partial["batches"], partial["loss_sum"],
+                                          partial["correct"])
+                    partial = None
+                rng_state = model._rng.bit_generator.state if shuffle else None
+                if shuffle:
+                    seed = comm.bcast(int(model._rng.integers(2**63)) if rank == 0
+                                      else None, root=0)
+                    perm = np.random.default_rng([seed, rank]).permutation(n_local)
+                else:
+                    perm = np.arange(n_local)
+                step = opt.step_
+                if bar is not None:
+                    bar.start_epoch(epoch)
+                # the running figures shown: of the steps taken in this call
+                shown_at, rows_new = time.monotonic(), 0
+                shown_loss = shown_correct = shown_rows = 0.0
+                for t in range(state.done, steps):
+                    start = t * batch_size
+                    m = min(batch_size, n_local - start)
+                    err = None
+                    try:
+                        if m > 0:
+                            _dk.local_sums(X, y_int, y_f, sw, perm, start, m, model._params,
+                                           gbuf, model.widths, model.codes, kind,
+                                           ws["xb"], ws["yb_int"], ws["yb_f"], ws["rw"],
+                                           ws["acts"], ws["delta_a"], ws["delta_b"])
+                        else:
+                            gbuf[:P + _dk.TAIL].fill(0)
+                    except Exception as exc:  # noqa: BLE001 - agreed on below
+                        err = exc
+                        gbuf[:P + _dk.TAIL].fill(0)
+                        tail[_dk.FAILED] = 1
+                    gbuf[INTERRUPT] = _r.pending()
+                    gbuf[SAVE] = (rank == 0 and every_s is not None
+                                  and checkpoint is not None
+                                  and time.monotonic() - last_save >= every_s)
+                    t0 = time.perf_counter()
+                    comm.Allreduce(MPI.IN_PLACE, gbuf, op=MPI.SUM)
+                    t_allreduce += time.perf_counter() - t0
+                    n_steps += 1
+                    if tail[_dk.FAILED] != 0:
+                        if err is not None:
+                            raise _Agreed(err)
+                        raise _Agreed(RankFailedError(
+                            f"another rank failed at epoch {epoch}, step {t + 1}"))
+                    if gbuf[INTERRUPT] != 0:
+                        # a Ctrl-C on some rank: every rank stops before this
+                        # step, with the state of the last one
+                        _r.take()
+                        if checkpoint is not None:
+                            save(True)
+                        model._partial = model._partial_record(
+                            rng_state, n_local, batch_size, state, size)
+                        raise _Agreed(KeyboardInterrupt())
+                    status, batch_loss, step = _dk.finish_step(
+                        model._params, gbuf, model.widths, model.alpha, opt.kind, hp, s1,
+                        s2, step)
                     opt.step_ = int(step)
-                    raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
-                loss_acc += float(batch_loss) * float(tail[_dk.ROWS])
-                correct += float(tail[_dk.CORRECT])
-            opt.step_ = int(step)
-            model.epochs_trained += 1
-            history["loss"].append(loss_acc / n_global)
-            if classify:
-                history["accuracy"].append(correct / n_global)
-            if val is not None:
+                    if status != 0:
+                        raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
+                    state.loss_sum += float(batch_loss) * float(tail[_dk.ROWS])
+                    state.correct += float(tail[_dk.CORRECT])
+                    state.done = t + 1
+                    rows_new += int(tail[_dk.ROWS])
+                    if gbuf[SAVE] != 0 and t + 1 < steps:
+                        save(True)
+                    if bar is not None:
+                        shown_loss += float(batch_loss) * float(tail[_dk.ROWS])
+                        shown_correct += float(tail[_dk.CORRECT])
+                        shown_rows += float(tail[_dk.ROWS])
+                        if time.monotonic() - shown_at >= 0.1:
+                            bar.advance(rows_new, shown_loss / shown_rows,
+                                        shown_correct / shown_rows if classify else None)
+                            # the running figures shown: of the steps taken in this call
+                shown_at, rows_new = time.monotonic(), 0
+                shown_loss = shown_correct = shown_rows = 0.0
+                if bar is not None and rows_new:
+                    bar.advance(rows_new)
                 try:
-                    scores = evaluate(model, val[0], val[1], comm=comm)
+                    scores = None if val is None else evaluate(model, val[0], val[1],
+                                                               comm=comm)
                 except Exception as exc:  # noqa: BLE001 - raised on every rank alike
                     raise _Agreed(exc) from None
-                history["val_loss"].append(scores["loss"])
+                model.epochs_trained += 1
+                history["loss"].append(state.loss_sum / n_global)
                 if classify:
-                    history["val_accuracy"].append(scores["accuracy"])
-            for k, vals in history.items():
-                model.history.setdefault(k, []).append(vals[-1])
-            if checkpoint is not None and model.epochs_trained % checkpoint_every == 0:
-                try:
-                    _agree(comm, lambda: model.save(checkpoint, include_optimizer=True)
-                           if rank == 0 else None)
-                except Exception as exc:  # noqa: BLE001 - raised on every rank alike
-                    raise _Agreed(exc) from None
-            if bar is not None:
-                bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
-                bar.update(1)
+                    history["accuracy"].append(state.correct / n_global)
+                if scores is not None:
+                    history["val_loss"].append(scores["loss"])
+                    if classify:
+                        history["val_accuracy"].append(scores["accuracy"])
+                for k, vals in history.items():
+                    model.history.setdefault(k, []).append(vals[-1])
+                if checkpoint is not None and (
+                        (every_e is not None and model.epochs_trained % every_e == 0)
+                        or (every_s is not None and _agreed_time(comm, rank, last_save,
+                                                                 every_s))):
+                    save(False)
+                if bar is not None:
+                    bar.end_epoch({k: vals[-1] for k, vals in history.items()})
+            # a Ctrl-C after the last step (validation, checkpoint): agreed on
+            if comm.allreduce(int(_r.take()), op=MPI.SUM):
+                raise _Agreed(KeyboardInterrupt())
     finally:
-        if bar is not None:
+        if bar is not None and not isinstance(progress, _r.Progress):
             bar.close()
         last_fit_stats.update(steps=n_steps, allreduce_s=t_allreduce,
                               fit_s=time.perf_counter() - t_fit)
     return history
+
+
+def _agreed_time(comm, rank, since, seconds):
+    """Rank 0's clock says ``seconds`` have passed ``since``: on every rank."""
+    return bool(comm.bcast(rank == 0 and time.monotonic() - since >= seconds, root=0))
 
 
 def evaluate(model, X, y, sample_weight=None, comm=None):

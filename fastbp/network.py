@@ -10,10 +10,12 @@ compiled call, so Python costs nothing per layer or per batch.
 
 import itertools
 import sys
+import time
 
 import numba
 import numpy as np
 
+from . import _responsive as _r
 from . import _validation as v
 from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
@@ -32,6 +34,7 @@ CLASSIFIER_OUTPUTS = ("softmax", "sigmoid")
 _PREDICT_CHUNK = 4096
 _INT64, _UINT64 = np.dtype(np.int64), np.dtype(np.uint64)
 _PREDICT_VALUES = 2**24
+_PREDICT_FLOPS = 1e9
 
 
 #: what each kernel status (network.train_step) found not finite
@@ -60,6 +63,18 @@ class DivergenceError(FloatingPointError):
         return cls(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
                    f"(batch_size={batch_size}); parameters are those before that step. "
                    "Try a smaller learning rate or scaled inputs.", epoch, step)
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+def _committer(opt, i):
+    """A commit for ``_responsive.call_committing``: the step count, item i
+    of a kernel's result, into ``opt.step_``."""
+    def commit(out):
+        opt.step_ = int(out[i])
+    return commit
 
 
 def _hidden_codes(activation, n_hidden):
@@ -184,6 +199,7 @@ class MLP:
         self.optimizer = None
         self.history = {}
         self.epochs_trained = 0
+        self._partial = None
         self.initialize()
 
     # -- structure ---------------------------------------------------------
@@ -239,6 +255,45 @@ class MLP:
         self.optimizer = None
         self.epochs_trained = 0
         self.history = {}
+        self._partial = None
+
+    @property
+    def partial_epoch(self):
+        """Where an interrupted epoch stands, or None after a complete one.
+
+        A dict with "epoch" (1-based), "steps" (batches trained in it) and
+        "rows".  The parameters, optimizer state and step count are those
+        after these steps; ``history`` covers complete epochs only.  The
+        next ``fit`` with the same data and ``batch_size`` trains the rest
+        of this epoch first (the same rows in the same order), so that an
+        interrupted and continued run equals an uninterrupted one.
+        """
+        p = self.__dict__.get("_partial")
+        if p is None:
+            return None
+        return {"epoch": self.epochs_trained + 1, "steps": p["batches"],
+                "rows": min(p["n"], p["batches"] * p["batch_size"])}
+
+    def _partial_record(self, rng_state, n, batch_size, state, ranks=1):
+        """What a continued fit needs of an unfinished epoch: the generator's
+        state before the epoch's shuffle (None without shuffling), its size
+        and batch size, and the batches done with their loss and
+        right-answer sums (over all ranks for a data-parallel fit on
+        ``ranks`` processes, whose ``n`` is this rank's)."""
+        return {"rng_state": rng_state, "n": int(n), "batch_size": int(batch_size),
+                "batches": int(state.done), "loss_sum": float(state.loss_sum),
+                "correct": int(state.correct), "ranks": ranks}
+
+    def _take_partial(self, n, batch_size, shuffle, ranks=1):
+        """The unfinished epoch to continue, if it was over n rows with this
+        batch size, shuffling and number of ranks; it is dropped either way."""
+        p = self.__dict__.get("_partial")
+        self._partial = None
+        if p is None or p["n"] != n or p["batch_size"] != batch_size or \
+                (p["rng_state"] is not None) != shuffle or p["ranks"] != ranks or \
+                (ranks == 1 and p["batches"] > -(-n // batch_size)):
+            return None
+        return p
 
     # -- data --------------------------------------------------------------
     def _check_structure(self):
@@ -449,16 +504,23 @@ class MLP:
         sample_weight : array_like, shape (n,), optional
             Row weights: each batch loss is the weighted mean.
         progress : bool
-            Show a tqdm progress bar with loss and accuracy.
+            Show a tqdm progress bar over the rows of the whole fit, updated
+            within each epoch (at least every 0.5 s on a long one): rows
+            done, rate, ETA, the epoch's running loss and accuracy; the
+            validation figures when each epoch ends.  Off, it costs nothing.
         checkpoint : str or path, optional
             Save the model with its optimizer state and generator state to
-            this file (atomically) every ``checkpoint_every`` epochs.  After an
+            this file (atomically) every ``checkpoint_every`` epochs (or
+            seconds), and when a Ctrl-C stops the fit.  After an
             interruption, ``model = MLP.load(checkpoint)`` and
             ``model.fit(X, y, epochs=total - model.epochs_trained, ...)`` with
             the same data and batch size reach the same parameters as the
-            uninterrupted run.
-        checkpoint_every : int
-            Epochs between checkpoints.
+            uninterrupted run (a checkpoint written inside an epoch holds
+            where that epoch stands; the fit finishes it first).
+        checkpoint_every : int, str or datetime.timedelta
+            Epochs between checkpoints, or a time between them for long
+            epochs: "30s", "10min", "2h" (checked between slices of an
+            epoch, so a checkpoint may fall inside one).
         comm : mpi4py communicator, optional
             Data-parallel training over the ranks of ``comm`` (e.g.
             ``MPI.COMM_WORLD``): X, y, sample_weight and validation_data are
@@ -481,6 +543,16 @@ class MLP:
         DivergenceError
             If a step's loss or gradient is not finite; the parameters stay
             as they were before that step.
+        KeyboardInterrupt
+            On Ctrl-C, within a fraction of a second (each epoch runs as
+            compiled calls on slices of whole batches of about 0.1 s, which
+            train exactly as one call would).  The model keeps the
+            parameters, optimizer state and step count of the last complete
+            step; ``history`` covers complete epochs, ``partial_epoch`` says
+            how many steps of the interrupted one were taken, and the next
+            ``fit`` on the same data and batch size trains the rest of it
+            first.  With ``checkpoint``, that state is written before the
+            exception propagates.
         """
         if comm is not None:
             from . import distributed
@@ -496,8 +568,9 @@ class MLP:
         sw = v.as_sample_weight(sample_weight, n)
         epochs = v.as_positive_int(epochs, "epochs")
         shuffle = v.as_bool(shuffle, "shuffle")
-        progress = v.as_bool(progress, "progress")
-        checkpoint_every = v.as_positive_int(checkpoint_every, "checkpoint_every")
+        if not isinstance(progress, _r.Progress):  # a bar the CLI shares between fits
+            progress = v.as_bool(progress, "progress")
+        every_e, every_s = _r.parse_every(checkpoint_every)
         if checkpoint is not None:
             # reported now, not after the first epoch
             checkpoint = v.check_writable_path(checkpoint, "checkpoint")
@@ -527,78 +600,154 @@ class MLP:
             if classify:
                 history["val_accuracy"] = []
 
-        bar = None
         # A first fit in a fresh environment compiles for seconds: say so
-        # before the wait, and start the bar after that epoch so that its
-        # rate and ETA measure training, not compilation.
-        compiling = progress and compile_pending(self.dtype)
+        # before the wait, and start the bar after the first slice so that
+        # its rate and ETA measure training, not compilation.
+        compiling = progress is True and compile_pending(self.dtype)
         if compiling:
             print(compile_notice(self.dtype), file=sys.stderr, flush=True)
-        try:
-            for epoch_index in range(epochs):
-                if progress and bar is None and not (compiling and epoch_index == 0):
-                    from tqdm.auto import tqdm
+        nb = -(-n // batch_size)
+        slicer = _r.Slicer(batch_size, self.widths)
+        partial = self._take_partial(n, batch_size, shuffle)
+        own_bar = progress is True
+        bar = progress if isinstance(progress, _r.Progress) else None
+        total_rows = epochs * n - (0 if partial is None else
+                                   min(n, partial["batches"] * batch_size))
+        last_save = [time.monotonic()]
+        first_epoch = self.epochs_trained + 1
+        perm = None
 
-                    bar = tqdm(total=epochs, initial=epoch_index, unit="epoch", desc="fit")
-                perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                if sparse:
-                    status, batch, loss_sum, correct, step, _ = train_epoch_sparse(
-                        X.data, X.indices, X.indptr, y_int, y_f, sw, perm, batch_size,
-                        self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-                        opt.kind, hp, s1, s2, opt.step_,
-                        sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                        ws["delta_a"], ws["delta_b"], ws["rw"],
-                    )
-                else:
-                    status, batch, loss_sum, correct, step = self._dense_epoch(
-                        X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws)
-                opt.step_ = int(step)
-                if status != 0:
-                    raise DivergenceError.from_status(status, self.epochs_trained + 1,
-                                                      int(batch) + 1, batch_size)
-                self.epochs_trained += 1
-                history["loss"].append(loss_sum / n)
-                if classify:
-                    history["accuracy"].append(correct / n)
-                if validation_data is not None:
-                    # NumPy's OpenBLAS single-threaded here too when the steps
-                    # run on several threads: its woken threads would spin for
-                    # ~0.1 s into the next epoch, on the cores the steps use
-                    with step_threads()[1]:
-                        scores = self.evaluate(Xv, yv)
-                    history["val_loss"].append(scores["loss"])
+        commit = _committer(opt, 4)
+
+        if sparse:
+            def call(a, b):
+                out = _r.call_committing(train_epoch_sparse, (
+                    X.data, X.indices, X.indptr, y_int, y_f, sw, perm[a:b], batch_size,
+                    self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                    opt.kind, hp, s1, s2, opt.step_,
+                    sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                    ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+                return out[0], out[1], out[2], out[3]
+        else:
+            def call(a, b):
+                # the threads are chosen for the epoch's batches (rows=n), as
+                # for one call over the whole epoch
+                out = self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
+                                        opt, hp, ws, rows=n)
+                return out[0], out[1], out[2], out[3]
+
+        def save_checkpoint(state=None):
+            # mid-epoch (state given): the file also holds where the epoch stands
+            self._partial = None if state is None else self._partial_record(
+                rng_state, n, batch_size, state)
+            try:
+                self.save(checkpoint, include_optimizer=True)
+            finally:
+                self._partial = None
+            last_save[0] = time.monotonic()
+
+        state = rows_shown = None
+
+        def report(rows):
+            nonlocal bar, rows_shown
+            if progress is not False:
+                if bar is None:  # after the first slice, which may have compiled
+                    bar = _r.Progress(total_rows, epochs, initial=rows - rows_shown,
+                                      first_epoch=first_epoch)
+                    bar.start_epoch(self.epochs_trained + 1)
+                    rows_shown = rows
+                seen = state.done * batch_size if state.done < nb else n
+                bar.advance(rows - rows_shown, state.loss_sum / max(1, seen),
+                            state.correct / max(1, seen) if classify else None)
+                rows_shown = rows
+            if every_s is not None and time.monotonic() - last_save[0] >= every_s \
+                    and state.done < nb:
+                save_checkpoint(state)
+
+        try:
+            with _r.deferred():
+                for _ in range(epochs):
+                    state = _r.EpochState()
+                    if partial is not None:
+                        if partial["rng_state"] is not None:
+                            self._rng.bit_generator.state = partial["rng_state"]
+                        state = _r.EpochState(partial["batches"], partial["loss_sum"],
+                                              partial["correct"])
+                        partial = None
+                    rows_shown = min(n, state.done * batch_size)
+                    rng_state = self._rng.bit_generator.state if shuffle else None
+                    perm = self._rng.permutation(n) if shuffle else np.arange(n)
+                    if bar is not None:
+                        bar.start_epoch(self.epochs_trained + 1)
+                    try:
+                        status, batch = _r.run_epoch(call, n, batch_size, slicer, state,
+                                                     report)
+                        if status != 0:
+                            raise DivergenceError.from_status(
+                                status, self.epochs_trained + 1, batch + 1, batch_size)
+                        scores = None
+                        if validation_data is not None:
+                            # NumPy's OpenBLAS single-threaded here too when the
+                            # steps run on several threads: its woken threads
+                            # would spin for ~0.1 s into the next epoch, on the
+                            # cores the steps use
+                            with step_threads()[1]:
+                                scores = self.evaluate(Xv, yv)
+                    except KeyboardInterrupt:
+                        # the last complete step, and where the epoch stands
+                        try:
+                            if checkpoint is not None:
+                                save_checkpoint(state)
+                        finally:
+                            self._partial = self._partial_record(rng_state, n,
+                                                                 batch_size, state)
+                        raise
+                    # one epoch's bookkeeping, with no check in between
+                    self.epochs_trained += 1
+                    history["loss"].append(state.loss_sum / n)
                     if classify:
-                        history["val_accuracy"].append(scores["accuracy"])
-                for k, vals in history.items():
-                    self.history.setdefault(k, []).append(vals[-1])
-                if checkpoint is not None and self.epochs_trained % checkpoint_every == 0:
-                    self.save(checkpoint, include_optimizer=True)
-                if bar is not None:
-                    bar.set_postfix({k: f"{vals[-1]:.4f}" for k, vals in history.items()})
-                    bar.update(1)
+                        history["accuracy"].append(state.correct / n)
+                    if scores is not None:
+                        history["val_loss"].append(scores["loss"])
+                        if classify:
+                            history["val_accuracy"].append(scores["accuracy"])
+                    for k, vals in history.items():
+                        self.history.setdefault(k, []).append(vals[-1])
+                    if checkpoint is not None and (
+                            (every_e is not None and self.epochs_trained % every_e == 0)
+                            or (every_s is not None
+                                and time.monotonic() - last_save[0] >= every_s)):
+                        save_checkpoint()
+                    if bar is not None:
+                        bar.end_epoch({k: vals[-1] for k, vals in history.items()})
         finally:
-            if bar is not None:
+            if bar is not None and own_bar:
                 bar.close()
         return history
 
-    def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws):
+    def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws,
+                     rows=None):
         """The compiled epoch over the rows ``perm`` of dense X (checked), with
         the optimizer ``opt`` (bound: its state matches the parameters), its
         hyper-parameters ``hp`` and the workspace ``ws``; returns what
-        ``_kernels.network.train_epoch`` does.  The steps use the Numba
-        threads of the calling thread, with NumPy's OpenBLAS single-threaded
-        meanwhile when there are several (``_threads.step_threads``)."""
+        ``_kernels.network.train_epoch`` does, with the step count committed
+        to ``opt.step_`` (even when a Ctrl-C is raised as the call returns:
+        ``_responsive.call_committing``).  The steps use the Numba threads of
+        the calling thread, with NumPy's OpenBLAS single-threaded meanwhile
+        when there are several (``_threads.step_threads``), chosen for
+        batches of ``min(batch_size, rows)`` rows (rows: the epoch's, when
+        ``perm`` is a slice of it; default ``perm.size``)."""
         s1, s2 = opt.state_
-        nt, guard = step_threads(min(batch_size, perm.size) * ws["flops_per_row"])
+        rows = perm.size if rows is None else rows
+        nt, guard = step_threads(min(batch_size, rows) * ws["flops_per_row"])
         with guard:
-            return _net.train_epoch(
+            return _r.call_committing(_net.train_epoch, (
                 X, y_int, y_f, sw, perm, batch_size,
                 self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                 opt.kind, hp, s1, s2, opt.step_,
                 ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
                 ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
-                ws["s2_next"], nt, ws["scratch"],
-            )
+                ws["s2_next"], nt, ws["scratch"]), _committer(opt, 4))
 
     def _resolve_optimizer(self, optimizer):
         if optimizer is not None:
@@ -613,7 +762,8 @@ class MLP:
 
         Arguments as in ``fit``.  Returns the batch loss (L2 term included).
         Raises DivergenceError (parameters unchanged) on a non-finite loss or
-        gradient.
+        gradient.  The step is one compiled call: a Ctrl-C during it is
+        raised when it returns, with the step applied and counted.
         """
         ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         X = self._check_X(X, ck=ck)
@@ -630,12 +780,12 @@ class MLP:
             return self._train_on_sparse_batch(X, kind, y_int, y_f, sw, opt)
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n, "X")
         # an epoch of one batch over the rows in order: the same compiled
-        # step as fit, and the epoch adopts the step's second buffer
-        status, _, loss, _, step = self._dense_epoch(X, y_int, y_f, sw, ws["order"][:n], n,
-                                                      kind, opt, hp, ws)
+        # step as fit, and the epoch adopts the step's second buffer (a
+        # Ctrl-C during it is raised after it, the step counted: _dense_epoch)
+        status, _, loss, _, _ = self._dense_epoch(X, y_int, y_f, sw, ws["order"][:n], n,
+                                                  kind, opt, hp, ws)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        opt.step_ = int(step)
         return loss / n
 
     def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
@@ -646,20 +796,24 @@ class MLP:
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n,
                              dense_x=False)
         sb = _sparse_batch_buffers(X, n)
-        status, _, _, _, step, loss = _sparse_kernels().train_epoch_sparse(
-            X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
-            self._params, self._grads, self.widths, self.codes, kind, self.alpha,
-            opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
-            sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-            ws["delta_a"], ws["delta_b"], ws["rw"],
-        )
+        status, _, _, _, _, loss = _r.call_committing(
+            _sparse_kernels().train_epoch_sparse, (
+                X.data, X.indices, X.indptr, y_int, y_f, sw, np.arange(n), n,
+                self._params, self._grads, self.widths, self.codes, kind, self.alpha,
+                opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
+                sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
+                ws["delta_a"], ws["delta_b"], ws["rw"]), _committer(opt, 4))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        opt.step_ = int(step)
         return float(loss)
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Loss over all rows of X and its gradient, without updating.
+
+        One compiled call over all rows (cutting it into row chunks would
+        sum the gradient in another order, not bit-identically); a long one
+        runs in a worker thread so that Ctrl-C raises KeyboardInterrupt at
+        once, the abandoned call finishing in the background.
 
         Returns
         -------
@@ -679,18 +833,20 @@ class MLP:
         delta_a = v.zeros(big, dt, "X", what)
         delta_b = v.zeros(big, dt, "X", what)
         grads = np.empty_like(self._params)
+        # One compiled call over all rows (cut into row chunks it would sum
+        # the gradient in another order: not bit-identical).  A long one
+        # runs in a worker thread so that Ctrl-C is raised at once; it
+        # writes only the fresh arrays above, which it then keeps.
+        run = _r.in_thread if n * _r.flops_per_row(w) > _r.THREAD_FLOPS else _call
         if isinstance(X, v.SparseRows):
-            kernel = _sparse_kernels().loss_and_grad_sparse
-            loss, _ = kernel(
-                self._params, grads, self.widths, self.codes, kind, self.alpha,
-                X.data, X.indices, X.indptr, y_int, y_f, sw,
-                acts, delta_a, delta_b, np.empty(n, dt),
-            )
+            loss, _ = run(_sparse_kernels().loss_and_grad_sparse,
+                          self._params, grads, self.widths, self.codes, kind, self.alpha,
+                          X.data, X.indices, X.indptr, y_int, y_f, sw,
+                          acts, delta_a, delta_b, np.empty(n, dt))
             return float(loss), self._views(grads)
-        loss, _ = _net.loss_and_grad(
-            self._params, grads, self.widths, self.codes, kind, self.alpha, X, y_int, y_f,
-            sw, acts, delta_a, delta_b, np.empty(n, dt),
-        )
+        loss, _ = run(_net.loss_and_grad,
+                      self._params, grads, self.widths, self.codes, kind, self.alpha, X,
+                      y_int, y_f, sw, acts, delta_a, delta_b, np.empty(n, dt))
         return float(loss), self._views(grads)
 
     # -- lean paths for callers that loop (fastbp.sklearn) --------------------
@@ -719,15 +875,20 @@ class MLP:
         optimizer.bind(self._params)  # checks the state; _dense_epoch reads it
         ws = self._workspace(batch_size)
         perm = self._rng.permutation(n) if shuffle else np.arange(n)
-        status, batch, loss_sum, _, step = self._dense_epoch(
-            X, y_int, y_f, sw, perm, batch_size, kind, optimizer,
-            optimizer.hyperparameters(), ws)
-        optimizer.step_ = int(step)
+        hp = optimizer.hyperparameters()
+
+        def call(a, b):
+            return self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
+                                     optimizer, hp, ws, rows=n)[:4]
+
+        state = _r.EpochState()
+        status, batch = _r.run_epoch(call, n, batch_size, _r.Slicer(batch_size, self.widths),
+                                     state)
         if status != 0:
-            raise DivergenceError.from_status(status, self.epochs_trained + 1, int(batch) + 1,
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, batch + 1,
                                               batch_size)
         self.epochs_trained += 1
-        return loss_sum / n
+        return state.loss_sum / n
 
     def _full_loss_grad(self, data):
         """Loss (L2 term included) over all rows of data from
@@ -744,8 +905,18 @@ class MLP:
                              np.empty(big, dt), np.empty(n, dt))
             self._full_ws_key = key
         acts, da, db, rw = self._full_ws
-        loss, _ = _net.loss_and_grad(self._params, self._grads, w, self.codes, kind,
-                                     self.alpha, X, y_int, y_f, sw, acts, da, db, rw)
+        args = (self._params, self._grads, w, self.codes, kind, self.alpha, X, y_int, y_f,
+                sw, acts, da, db, rw)
+        if n * _r.flops_per_row(w) <= _r.THREAD_FLOPS:
+            loss, _ = _net.loss_and_grad(*args)
+            return float(loss)
+        try:
+            loss, _ = _r.in_thread(_net.loss_and_grad, *args)
+        except KeyboardInterrupt:
+            # the abandoned worker still writes these: new ones for the model
+            self._grads = np.zeros_like(self._params)
+            self._full_ws = self._full_ws_key = None
+            raise
         return float(loss)
 
     # -- inference ---------------------------------------------------------
@@ -757,7 +928,10 @@ class MLP:
         per_row = sum(int(d) for d in self.widths[1:])
         # rows per chunk: at most _PREDICT_CHUNK, and activations of at most
         # _PREDICT_VALUES values, however wide the layers
-        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row))
+        # and, so that Ctrl-C and progress are seen between chunks, at most
+        # _PREDICT_FLOPS of work (but at least 64 rows)
+        cap = max(1, min(n, _PREDICT_CHUNK, _PREDICT_VALUES // per_row,
+                         max(64, int(3 * _PREDICT_FLOPS // _r.flops_per_row(self.widths)))))
         acts = v.zeros(cap * per_row, self.dtype, "widths", "the activations of one row")
         if isinstance(X, v.SparseRows):
             forward_sparse = _sparse_kernels().forward_sparse
@@ -766,10 +940,12 @@ class MLP:
                 # indptr[s:e + 1] addresses rows s .. e - 1 in place (no copy)
                 out[s:e] = forward_sparse(self._params, self.widths, self.codes,
                                           X.data, X.indices, X.indptr[s:e + 1], acts)
+                _r.check()
         else:
             for s in range(0, n, cap):
                 out[s:s + cap] = _net.forward(self._params, self.widths, self.codes,
                                               X[s:s + cap], acts)
+                _r.check()
         if not np.isfinite(out).all():
             row = int(np.argmax(~np.isfinite(out).all(axis=1)))
             values = X.data if isinstance(X, v.SparseRows) else X
@@ -908,6 +1084,7 @@ class MLP:
             model.optimizer.step_ = opt["step"]
         model.history = meta["history"]
         model.epochs_trained = meta["epochs_trained"]
+        model._partial = meta["partial_epoch"]
         return model
 
     def __getstate__(self):

@@ -458,11 +458,20 @@ class _BaseMLP(BaseEstimator):
             return loss, np.concatenate([a.ravel() for layer in grads for a in layer]) \
                 .astype(np.float64, copy=False)
 
-        res = scipy.optimize.minimize(
-            loss_grad, flat.astype(np.float64), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                     **_lbfgs_print_options(self.verbose)},
-        )
+        # Ctrl-C (raised within an evaluation, or between them) leaves the
+        # last accepted iterate, not a line-search trial point
+        accepted = [flat.astype(np.float64)]
+        try:
+            res = scipy.optimize.minimize(
+                loss_grad, accepted[0].copy(), method="L-BFGS-B", jac=True,
+                callback=lambda xk: accepted.__setitem__(0, np.array(xk, dtype=np.float64)),
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                         **_lbfgs_print_options(self.verbose)},
+            )
+        except KeyboardInterrupt:
+            flat[...] = accepted[0]
+            model._full_ws = model._full_ws_key = None
+            raise
         self.n_iter_ = min(int(res.nit), self.max_iter)
         if res.status != 0:
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
