@@ -68,7 +68,7 @@ def worker(clock):
                         m.widths, m.codes, kind_, m.alpha, opt.kind, hp, s1, s2, opt.step_,
                         ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
                         ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
-                        ws["s2_next"], numba.get_num_threads(), ws["scratch"])
+                        ws["s2_next"], numba.get_num_threads(), ws["scratch"], 0.0)
                 calls[name + " [kernel]"] = (lambda a=args: train_epoch(*a))
             else:
                 args = (m.flat_params, m._grads, m.widths, m.codes, kind_, m.alpha, X, y_int,

@@ -209,16 +209,18 @@ class EpochState:
 def run_epoch(call, n, batch_size, slicer, state, report=None):
     """Run one epoch as compiled calls on consecutive slices of whole batches.
 
-    ``call(a, b)`` runs the compiled epoch on rows ``perm[a:b]`` (``a`` a
-    multiple of ``batch_size``), commits the step count, and returns
-    ``(status, batch, loss_sum, correct)`` as the kernel does.  ``state``
+    ``call(a, b, loss_sum)`` runs the compiled epoch on rows ``perm[a:b]``
+    (``a`` a multiple of ``batch_size``) continuing the loss sum
+    ``loss_sum``, commits the step count, and returns ``(status, batch,
+    loss_sum, correct)`` as the kernel does (loss_sum: the running sum).  ``state``
     (an ``EpochState``) says which batches are done already and is updated
     after each slice; then ``report(rows_done)`` runs, then ``check``.
     ``slicer`` None: one call.  Returns ``(status, batch)``: ``batch`` is
     the failing batch (0-based, in the epoch) when status != 0.
 
-    loss_sum adds the slices' sums: equal to the uncut epoch's sum when
-    there is one slice, and to it up to float64 rounding otherwise.
+    The kernels continue the running loss sum they are given, so the
+    epoch's loss_sum is bit for bit that of one uncut call however the
+    epoch is sliced.
     """
     nb = -(-n // batch_size)
     while state.done < nb:
@@ -228,12 +230,12 @@ def run_epoch(call, n, batch_size, slicer, state, report=None):
         a = done * batch_size
         b = min(n, (done + k) * batch_size)
         t0 = time.perf_counter()
-        status, batch, ls, c = call(a, b)
+        status, batch, ls, c = call(a, b, state.loss_sum)
         if slicer is not None:
             slicer.record(k, time.perf_counter() - t0)
         if status != 0:
             return status, done + int(batch)
-        state.loss_sum += ls
+        state.loss_sum = ls
         state.correct += int(c)
         state.done = done + k
         if report is not None:

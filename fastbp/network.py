@@ -620,20 +620,20 @@ class MLP:
         commit = _committer(opt, 4)
 
         if sparse:
-            def call(a, b):
+            def call(a, b, loss_sum):
                 out = _r.call_committing(train_epoch_sparse, (
                     X.data, X.indices, X.indptr, y_int, y_f, sw, perm[a:b], batch_size,
                     self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                     opt.kind, hp, s1, s2, opt.step_,
                     sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                    ws["delta_a"], ws["delta_b"], ws["rw"]), commit)
+                    ws["delta_a"], ws["delta_b"], ws["rw"], loss_sum), commit)
                 return out[0], out[1], out[2], out[3]
         else:
-            def call(a, b):
+            def call(a, b, loss_sum):
                 # the threads are chosen for the epoch's batches (rows=n), as
                 # for one call over the whole epoch
                 out = self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
-                                        opt, hp, ws, rows=n)
+                                        opt, hp, ws, rows=n, loss_sum=loss_sum)
                 return out[0], out[1], out[2], out[3]
 
         def save_checkpoint(state=None):
@@ -726,7 +726,7 @@ class MLP:
         return history
 
     def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws,
-                     rows=None):
+                     rows=None, loss_sum=0.0):
         """The compiled epoch over the rows ``perm`` of dense X (checked), with
         the optimizer ``opt`` (bound: its state matches the parameters), its
         hyper-parameters ``hp`` and the workspace ``ws``; returns what
@@ -736,7 +736,8 @@ class MLP:
         the calling thread, with NumPy's OpenBLAS single-threaded meanwhile
         when there are several (``_threads.step_threads``), chosen for
         batches of ``min(batch_size, rows)`` rows (rows: the epoch's, when
-        ``perm`` is a slice of it; default ``perm.size``)."""
+        ``perm`` is a slice of it; default ``perm.size``).  ``loss_sum``: the
+        epoch's loss sum so far, which the kernel adds to."""
         s1, s2 = opt.state_
         rows = perm.size if rows is None else rows
         nt, guard = step_threads(min(batch_size, rows) * ws["flops_per_row"])
@@ -747,7 +748,7 @@ class MLP:
                 opt.kind, hp, s1, s2, opt.step_,
                 ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
                 ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
-                ws["s2_next"], nt, ws["scratch"]), _committer(opt, 4))
+                ws["s2_next"], nt, ws["scratch"], float(loss_sum)), _committer(opt, 4))
 
     def _resolve_optimizer(self, optimizer):
         if optimizer is not None:
@@ -802,7 +803,7 @@ class MLP:
                 self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                 opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
                 sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                ws["delta_a"], ws["delta_b"], ws["rw"]), _committer(opt, 4))
+                ws["delta_a"], ws["delta_b"], ws["rw"], 0.0), _committer(opt, 4))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         return float(loss)
@@ -877,9 +878,9 @@ class MLP:
         perm = self._rng.permutation(n) if shuffle else np.arange(n)
         hp = optimizer.hyperparameters()
 
-        def call(a, b):
+        def call(a, b, loss_sum):
             return self._dense_epoch(X, y_int, y_f, sw, perm[a:b], batch_size, kind,
-                                     optimizer, hp, ws, rows=n)[:4]
+                                     optimizer, hp, ws, rows=n, loss_sum=loss_sum)[:4]
 
         state = _r.EpochState()
         status, batch = _r.run_epoch(call, n, batch_size, _r.Slicer(batch_size, self.widths),

@@ -268,7 +268,8 @@ def test_sliced_epoch_equals_one_call(monkeypatch, dtype, opt, sparse):
     for a, b in zip(cut.optimizer.state_, whole.optimizer.state_):
         np.testing.assert_array_equal(a, b)
     assert cut.history["accuracy"] == whole.history["accuracy"]
-    np.testing.assert_allclose(cut.history["loss"], whole.history["loss"], rtol=1e-13)
+    # the kernels continue the running loss sum: exact, not just close
+    assert cut.history["loss"] == whole.history["loss"]
 
 
 def test_slicer_sizes_follow_time():

@@ -531,6 +531,7 @@ def train_epoch(
     params, grads, widths, codes, loss_kind, alpha,
     opt_kind, hp, s1, s2, step,
     xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt, scratch,
+    loss_sum0,
 ):
     """One pass over the rows ``perm`` of X in minibatches of ``batch_size``.
 
@@ -541,7 +542,10 @@ def train_epoch(
     1 means the loss of batch ``batch`` was not finite, 2 that a gradient
     was not and 3 that the update would not be (``train_step``); that
     batch's update was not applied.
-    loss_sum is sum over batches of batch_loss * batch_rows (float64).
+    loss_sum is loss_sum0 (float64) plus the sum over batches of
+    batch_loss * batch_rows, added in batch order: an epoch cut into
+    consecutive calls, each given the sum so far, adds exactly as one call
+    (fastbp._responsive.run_epoch; tests/test_interrupt.py).
     p_next, s1_next, s2_next: second buffers the size of params; steps
     alternate between them and (params, s1, s2), and on return params, s1,
     s2 hold the values of the last good step.  nt, scratch: threads and
@@ -550,7 +554,7 @@ def train_epoch(
     n = perm.size
     d0 = widths[0]
     dl = widths[widths.size - 1]
-    loss_sum = 0.0
+    loss_sum = loss_sum0
     correct = 0
     nb = (n + batch_size - 1) // batch_size
     # (cur_*) hold the values of the last good step, (nxt_*) receive the next

@@ -242,7 +242,7 @@ def train_epoch_sparse(
     data, indices, indptr, y_int, y_f, sw, perm, batch_size,
     params, grads, widths, codes, loss_kind, alpha,
     opt_kind, hp, s1, s2, step,
-    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
+    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, loss_sum0,
 ):
     """network.train_epoch for X given as CSR rows (data, indices, indptr).
 
@@ -254,7 +254,7 @@ def train_epoch_sparse(
     """
     n = perm.size
     dl = widths[widths.size - 1]
-    loss_sum = 0.0
+    loss_sum = loss_sum0
     correct = 0
     last = params.dtype.type(0)
     nb = (n + batch_size - 1) // batch_size
