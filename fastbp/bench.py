@@ -191,11 +191,7 @@ def make_fastbp_step(widths, batch, dtype):
     opt = fb.SGD(lr=LR, momentum=MOMENTUM)
     X, y = _data(widths, batch, dtype)
     model.train_on_batch(X, y, optimizer=opt)
-
-    def step():
-        model.train_on_batch(X, y)
-    step.quiet_blas = True
-    return step
+    return lambda: model.train_on_batch(X, y)
 
 
 def make_fastbp_epoch(widths, batch, dtype, n_batches):
@@ -205,11 +201,7 @@ def make_fastbp_epoch(widths, batch, dtype, n_batches):
     opt = fb.SGD(lr=LR, momentum=MOMENTUM)
     X, y = _data(widths, batch * n_batches, dtype)
     model.fit(X, y, epochs=1, batch_size=batch, optimizer=opt)
-
-    def epoch():
-        model.fit(X, y, epochs=1, batch_size=batch)
-    epoch.quiet_blas = True
-    return epoch
+    return lambda: model.fit(X, y, epochs=1, batch_size=batch)
 
 
 def make_activation_epoch(widths, batch, dtype, activation, n_batches):
@@ -491,19 +483,17 @@ def _runner(fn):
     """
     if isinstance(fn, PeerProcess):
         return fn
-    if getattr(fn, "quiet_blas", False):
-        # fastbp's multi-threaded step runs its own threads, each calling
-        # NumPy's OpenBLAS single-threaded: it is timed once that pool's
-        # threads, woken by the floor or NumPy just before, stop spinning, as
-        # in a training loop with no multi-threaded NumPy product between
-        # steps (right after one, the first ~0.1 s run at about half speed on
-        # 2 cores: docs/performance.md)
+    if not getattr(fn, "own_blas_pool", False):
+        # Every in-process sample starts once the thread pools that the one
+        # before woke have stopped spinning: NumPy's OpenBLAS (~0.1 s) and
+        # the OpenMP pool of fastbp's multi-threaded step (libgomp spins
+        # ~ms).  Timed right after another implementation, either ran at
+        # about half speed on 2 cores (the NumPy step at 5x the floor after
+        # fastbp, fastbp at 2x after NumPy: docs/performance.md).
         def quiet(n):
             time.sleep(BLAS_SETTLE_S)
             return _timed(fn, n)
         return quiet
-    if not getattr(fn, "own_blas_pool", False):
-        return lambda n: _timed(fn, n)
 
     def run(n):
         time.sleep(BLAS_SETTLE_S)
