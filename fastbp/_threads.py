@@ -109,6 +109,10 @@ PARALLEL_MIN_FLOPS = 2e6
 def step_threads(flops=float("inf")):
     """(threads a training step of ``flops`` product flops uses, the BLAS
     guard to hold around it)."""
+    if flops < 2 * PARALLEL_MIN_FLOPS:
+        # too small for any split; and numba.get_num_threads() costs ~2 us,
+        # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5)
+        return 1, NO_GUARD
     nt = numba.get_num_threads()
     if nt > 1 and flops < PARALLEL_MIN_FLOPS * nt:
         nt = 1
