@@ -24,7 +24,7 @@ from numba.np.arrayobj import populate_array
 
 from .blas import NO_TRANS, TRANS, gemm, matmul
 from .config import JIT
-from .dense import bias_activation_cols, delta_cols, delta_in_place, dense_forward
+from .dense import bias_activation_cols, delta_cols, delta_in_place
 from .linking import linked
 from .optim import BAD_GRADIENT, BAD_UPDATE, UPDATE_OK, adopt_update, fused_update
 
@@ -90,22 +90,9 @@ def view2d(typingctx, buf, offset, rows, cols):
 
 @njit(**JIT)
 def forward(params, widths, codes, x, acts):
-    """Run the network on x (m, d_0); returns H_L, a (m, d_L) view of acts."""
-    m = x.shape[0]
-    h = x
-    p_off = 0
-    a_off = 0
-    for k in range(widths.size - 1):
-        d_in = widths[k]
-        d_out = widths[k + 1]
-        W = view2d(params, p_off, d_in, d_out)
-        b = params[p_off + d_in * d_out : p_off + d_in * d_out + d_out]
-        out = view2d(acts, a_off, m, d_out)
-        dense_forward(h, W, b, codes[k], out)
-        h = out
-        p_off += d_in * d_out + d_out
-        a_off += m * d_out
-    return h
+    """Run the network on x (m, d_0); returns H_L, a (m, d_L) view of acts.
+    On one thread: ``forward_blocks`` with one block per layer."""
+    return forward_blocks(params, widths, codes, x, acts, 1)
 
 
 @njit(**JIT_INLINE)

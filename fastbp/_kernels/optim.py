@@ -237,28 +237,15 @@ def sgd_fused(p, g, v, pn, vn, lr, momentum, dampening, weight_decay, nesterov, 
         keep = t(0.0)
         damp = t(1.0)
     wd = t(weight_decay)
+    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
     ok = True
-    if momentum == 0.0:
-        for i in range(p.size):
-            pi = p[i] - lr_ * (g[i] + wd * p[i])
-            pn[i] = pi
-            ok &= abs(pi) < inf
-    elif nesterov:
-        for i in range(p.size):
-            d = g[i] + wd * p[i]
-            vi = keep * v[i] + damp * d
-            pi = p[i] - lr_ * (d + mu * vi)
+    for i in range(p.size):
+        # the arithmetic of sgd_update and sgd_check, shared (_sgd_values)
+        vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
+        if mode != 0:
             vn[i] = vi
-            pn[i] = pi
-            ok &= abs(vi) + abs(pi) < inf
-    else:
-        for i in range(p.size):
-            d = g[i] + wd * p[i]
-            vi = keep * v[i] + damp * d
-            pi = p[i] - lr_ * vi
-            vn[i] = vi
-            pn[i] = pi
-            ok &= abs(vi) + abs(pi) < inf
+        pn[i] = pi
+        ok &= abs(vi) + abs(pi) < inf
     if ok:
         return UPDATE_OK
     # rare (divergence): tell a bad gradient from a bad update exactly
@@ -282,10 +269,8 @@ def adam_fused(p, g, m, v, pn, mn, vn, step, lr, beta1, beta2, eps, weight_decay
     eps_ = t(eps)
     ok = True
     for i in range(p.size):
-        d = g[i] + wd * p[i]
-        mi = b1 * m[i] + c1 * d
-        vi = b2 * v[i] + c2 * d * d
-        pi = p[i] - step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
+        mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
+                                  inv_bc2, eps_)
         mn[i] = mi
         vn[i] = vi
         pn[i] = pi
