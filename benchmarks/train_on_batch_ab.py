@@ -69,6 +69,8 @@ def worker(clock):
                         ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
                         ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
                         ws["s2_next"], numba.get_num_threads(), ws["scratch"], 0.0)
+                if "check_inputs" in train_epoch.py_func.__code__.co_varnames:
+                    args += (True,)  # trees after issue 16 item 5
                 calls[name + " [kernel]"] = (lambda a=args: train_epoch(*a))
             else:
                 args = (m.flat_params, m._grads, m.widths, m.codes, kind_, m.alpha, X, y_int,

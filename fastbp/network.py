@@ -11,6 +11,7 @@ compiled call, so Python costs nothing per layer or per batch.
 import itertools
 import sys
 import time
+from itertools import starmap
 
 import numba
 import numpy as np
@@ -113,6 +114,31 @@ def _frozen(a):
     """True for an array from ``_validation.frozen_int64`` (its memory an
     immutable bytes object: no one can make it writeable)."""
     return not a.flags.writeable and type(a.base) is bytes
+
+
+class _BatchCall:
+    """What train_on_batch's fast path passes unchanged from call to call,
+    kept after a call of the checked path: the checked structure, the
+    optimizer, its checked hyper-parameters and bound state (all compared
+    by identity on each call; ``_check_structure``, ``Optimizer._checked_hp``
+    and ``Optimizer.bind`` check their layouts again) and the workspace, as
+    slices of train_epoch's arguments."""
+
+    __slots__ = ("cap", "ck", "flops_per_row", "hp", "model_args", "opt", "opt_args",
+                 "order", "scratch", "state", "ws", "ws_args")
+
+    def __init__(self, model, ck, opt, hp, ws):
+        self.ck, self.opt, self.hp, self.ws = ck, opt, hp, ws
+        self.state = opt.state_
+        self.cap = ws["order"].size
+        self.order = ws["order"]
+        self.flops_per_row = ws["flops_per_row"]
+        self.scratch = ws["scratch"]
+        self.model_args = (model._params, model._grads, ck.w, ck.c)
+        self.opt_args = (ck.alpha, opt.kind, hp) + tuple(self.state)
+        self.ws_args = tuple(ws[k] for k in ("xb", "yb_int", "yb_f", "swb", "acts",
+                                             "delta_a", "delta_b", "rw", "p_next",
+                                             "s1_next", "s2_next"))
 
 
 class _Checked:
@@ -726,7 +752,7 @@ class MLP:
         return history
 
     def _dense_epoch(self, X, y_int, y_f, sw, perm, batch_size, kind, opt, hp, ws,
-                     rows=None, loss_sum=0.0):
+                     rows=None, loss_sum=0.0, check_inputs=False):
         """The compiled epoch over the rows ``perm`` of dense X (checked), with
         the optimizer ``opt`` (bound: its state matches the parameters), its
         hyper-parameters ``hp`` and the workspace ``ws``; returns what
@@ -737,7 +763,9 @@ class MLP:
         when there are several (``_threads.step_threads``), chosen for
         batches of ``min(batch_size, rows)`` rows (rows: the epoch's, when
         ``perm`` is a slice of it; default ``perm.size``).  ``loss_sum``: the
-        epoch's loss sum so far, which the kernel adds to."""
+        epoch's loss sum so far, which the kernel adds to.  ``check_inputs``:
+        the kernel checks X and the labels of each batch (statuses BAD_X,
+        BAD_LABEL), for callers that did not."""
         s1, s2 = opt.state_
         rows = perm.size if rows is None else rows
         nt, guard = step_threads(min(batch_size, rows) * ws["flops_per_row"])
@@ -748,7 +776,8 @@ class MLP:
                 opt.kind, hp, s1, s2, opt.step_,
                 ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
                 ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
-                ws["s2_next"], nt, ws["scratch"], float(loss_sum)), _committer(opt, 4))
+                ws["s2_next"], nt, ws["scratch"], float(loss_sum), check_inputs),
+                _committer(opt, 4))
 
     def _resolve_optimizer(self, optimizer):
         if optimizer is not None:
@@ -767,6 +796,13 @@ class MLP:
         raised when it returns, with the step applied and counted.
         """
         ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
+        fast = self.__dict__.get("_tob")
+        if (fast is not None and optimizer is None and sample_weight is None
+                and type(X) is np.ndarray and X.dtype is ck.dtype and X.ndim == 2
+                and (X.flags.num & v.CAW) == v.CAW and 0 < X.shape[0] <= fast.cap
+                and X.shape[1] == ck.widths[0] and fast.ck is ck and ck.writeable
+                and self._ws is fast.ws and self.optimizer is fast.opt):
+            return self._train_on_batch_fast(X, y, ck, fast)
         X = self._check_X(X, ck=ck)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n, ck=ck)
@@ -786,6 +822,44 @@ class MLP:
         status, _, loss, _, _ = self._dense_epoch(X, y_int, y_f, sw, ws["order"][:n], n,
                                                   kind, opt, hp, ws)
         if status != 0:
+            raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
+        self._tob = _BatchCall(self, ck, opt, hp, ws)
+        return loss / n
+
+    def _train_on_batch_fast(self, X, y, ck, fast):
+        """train_on_batch after a first call with the same model structure,
+        optimizer and workspace (``_BatchCall``): X (checked here but for
+        its values) and int64 labels go to the epoch kernel as they are, and
+        the kernel checks their values as it gathers them (issue 16, item
+        5: the Python checks and calls around the step cost 22 us at
+        64-128-10 b32, more than half the step)."""
+        n = X.shape[0]
+        if (type(y) is np.ndarray and y.dtype is _INT64 and y.ndim == 1 and y.shape[0] == n
+                and self.output == "softmax" and (y.flags.num & v.CAW) == v.CAW):
+            kind, y_int, y_f = _net.XENT_LABELS, y, ck.no_targets
+        else:
+            kind, y_int, y_f = self._check_y(y, n, ck=ck)
+        opt = fast.opt
+        if opt._checked_hp(ck.dtype) is not fast.hp or opt.bind(self._params) is not fast.state:
+            self._tob = None  # settings or state changed: the checked path, once
+            return self.train_on_batch(X, y)
+        nt, guard = step_threads(n * fast.flops_per_row)
+        args = ((X, y_int, y_f, ck.no_weights, fast.order[:n], n) + fast.model_args
+                + (kind,) + fast.opt_args + (opt.step_,) + fast.ws_args
+                + (nt, fast.scratch, 0.0, True))
+        box = []
+        with guard:
+            try:  # _responsive.call_committing, inline
+                box.extend(starmap(_net.train_epoch, (args,)))
+            finally:
+                if box:
+                    opt.step_ = int(box[0][4])
+        status, _, loss, _, _ = box[0]
+        if status != 0:
+            if status >= _net.BAD_X:  # the checks of the slow path raise its errors
+                self._check_X(X, ck=ck)
+                self._check_y(y, n, ck=ck)
+                raise ValueError("X or y holds a value the step cannot take")  # not reached
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         return loss / n
 
@@ -1091,6 +1165,7 @@ class MLP:
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_checked", None)  # a check of this process's objects; a copy checks afresh
+        state.pop("_tob", None)  # holds this model's buffers: a copy must not write them
         return state
 
     def __repr__(self):

@@ -82,8 +82,9 @@ def _error(fn, *args, **kwargs):
     return type(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("again", ["optimizer given", "no arguments (fast path)"])
 @pytest.mark.parametrize("name", MODEL_CHANGES)
-def test_change_after_a_call_gets_the_first_call_error(name):
+def test_change_after_a_call_gets_the_first_call_error(name, again):
     X, y = _data()
     change = MODEL_CHANGES[name]
     m0, o0 = _fresh()
@@ -96,7 +97,8 @@ def test_change_after_a_call_gets_the_first_call_error(name):
     m.train_on_batch(X, y)  # the cached path
     change(m, o)
     memory = [a.tobytes() for a in (m._params, m._grads, *o.state_)]
-    assert _error(lambda: m.train_on_batch(X, y, optimizer=o)) == first
+    kwargs = {"optimizer": o} if again == "optimizer given" else {}
+    assert _error(lambda: m.train_on_batch(X, y, **kwargs)) == first
     # no kernel ran: nothing written
     assert [a.tobytes() for a in (m._params, m._grads, *o.state_)] == memory
 
@@ -289,3 +291,98 @@ def test_optimizer_does_not_keep_a_dropped_model_buffer_alive():
     o.state_ = (o.state_[0], p)  # aliasing the new buffer: the full check sees it
     with pytest.raises(ValueError, match="share memory with the parameters"):
         o.step(p, np.zeros_like(p))
+
+
+BAD_BATCHES = {
+    "NaN in X": lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X)
+                              .astype(X.dtype), y),
+    "inf in the last row of X": lambda X, y: (np.vstack([X[:-1], np.full_like(X[-1:], np.inf)]),
+                                               y),
+    "label too large": lambda X, y: (X, np.where(np.arange(y.size) == 3, WIDTHS[-1], y)),
+    "label negative": lambda X, y: (X, np.where(np.arange(y.size) == 0, -1, y)),
+    "label huge": lambda X, y: (X, np.full_like(y, 2 ** 62)),
+}
+
+
+@pytest.mark.parametrize("name", BAD_BATCHES)
+def test_bad_values_on_the_fast_path_get_the_first_call_error(name):
+    """train_on_batch's fast path (a call after a checked one) leaves the
+    value checks of X and int labels to the epoch kernel; a bad value gets
+    the checked path's error, and nothing is written or counted."""
+    X, y = _data()
+    Xb, yb = BAD_BATCHES[name](X, y)
+    assert Xb.dtype == np.float32 and Xb.flags.c_contiguous and yb.dtype == np.int64
+    m0, o0 = _fresh()
+    first = _error(lambda: m0.train_on_batch(Xb, yb, optimizer=o0))
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    m.train_on_batch(X, y)
+    assert m._tob is not None  # the next call takes the fast path
+    memory = [a.tobytes() for a in (m._params, *o.state_)]
+    step = o.step_
+    assert _error(lambda: m.train_on_batch(Xb, yb)) == first
+    assert [a.tobytes() for a in (m._params, *o.state_)] == memory
+    assert o.step_ == step
+    m.train_on_batch(X, y)  # and it goes on
+    assert o.step_ == step + 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("adam", [False, True])
+def test_fast_path_is_bit_identical_to_the_checked_path(adam, dtype):
+    """Calls without arguments after a first one take the fast path; calls
+    that pass the optimizer take the checked one.  Both give the same
+    parameters, state and losses bit for bit, over batches of several sizes
+    (smaller than the workspace's, then larger: a new workspace)."""
+    rng = np.random.default_rng(1)
+    sizes = [8, 8, 5, 1, 8, 12, 12, 3]
+    batches = [(rng.standard_normal((n, WIDTHS[0])).astype(dtype), rng.integers(0, 3, n))
+               for n in sizes]
+    fast, o_fast = fb.MLP(WIDTHS, seed=0, dtype=dtype), fb.Adam(lr=1e-2) if adam \
+        else fb.SGD(lr=0.1, momentum=0.9)
+    slow, o_slow = fb.MLP(WIDTHS, seed=0, dtype=dtype), fb.Adam(lr=1e-2) if adam \
+        else fb.SGD(lr=0.1, momentum=0.9)
+    fast.optimizer = o_fast
+    taken = []
+    for X, y in batches:
+        taken.append(fast.__dict__.get("_tob") is not None and X.shape[0] <= fast._tob.cap)
+        a = fast.train_on_batch(X, y)
+        b = slow.train_on_batch(X, y, optimizer=o_slow)
+        assert a == b
+    assert sum(taken) >= 5  # most calls did take the fast path
+    np.testing.assert_array_equal(fast.flat_params, slow.flat_params)
+    for s, t in zip(o_fast.state_, o_slow.state_):
+        np.testing.assert_array_equal(s, t)
+    assert o_fast.step_ == o_slow.step_ == len(sizes)
+
+
+def test_fast_path_sees_a_new_learning_rate_and_a_reset():
+    X, y = _data()
+    m, o = _fresh()
+    ref, o_ref = _fresh()
+    for model, opt in ((m, o), (ref, o_ref)):
+        model.train_on_batch(X, y, optimizer=opt)
+        model.train_on_batch(X, y)
+        opt.lr = 0.01
+        model.train_on_batch(X, y) if model is m else model.train_on_batch(X, y, optimizer=opt)
+        opt.reset()
+        model.train_on_batch(X, y) if model is m else model.train_on_batch(X, y, optimizer=opt)
+    np.testing.assert_array_equal(m.flat_params, ref.flat_params)
+    assert o.step_ == o_ref.step_ == 1
+
+
+def test_a_copy_does_not_write_the_original():
+    """The fast path's record holds the model's buffers: a copy (pickle,
+    copy.deepcopy) must not carry it.  (copy.copy shares the buffers
+    themselves, as for any object holding arrays.)"""
+    import copy
+
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    m.train_on_batch(X, y)
+    for clone in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        before = m.flat_params.copy()
+        clone.train_on_batch(X, y)
+        np.testing.assert_array_equal(m.flat_params, before)
+        assert not np.array_equal(clone.flat_params, before)

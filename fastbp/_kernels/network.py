@@ -26,7 +26,14 @@ from .blas import NO_TRANS, TRANS, gemm, matmul
 from .config import JIT
 from .dense import bias_activation_cols, delta_cols, delta_in_place
 from .linking import linked
-from .optim import BAD_GRADIENT, BAD_UPDATE, UPDATE_OK, adopt_update, fused_update
+from .optim import (
+    BAD_GRADIENT,
+    BAD_UPDATE,
+    UPDATE_OK,
+    adopt_update,
+    all_finite,
+    fused_update,
+)
 
 half_squared_error = linked("losses.half_squared_error")
 poisson_log_link = linked("losses.poisson_log_link")
@@ -40,6 +47,11 @@ XENT_TARGETS = 1
 SQUARED_ERROR = 2
 SIGMOID_XENT = 3
 POISSON = 4
+
+# train_epoch's statuses beyond the step's (1-3), when it checks its inputs:
+# a non-finite value in X, a label outside [0, d_L)
+BAD_X = 4
+BAD_LABEL = 5
 
 # The mid-level functions below are inlined into their callers at the Numba
 # IR level: each is then optimised once, inside the kernel that calls it
@@ -518,7 +530,7 @@ def train_epoch(
     params, grads, widths, codes, loss_kind, alpha,
     opt_kind, hp, s1, s2, step,
     xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt, scratch,
-    loss_sum0,
+    loss_sum0, check_inputs,
 ):
     """One pass over the rows ``perm`` of X in minibatches of ``batch_size``.
 
@@ -537,6 +549,12 @@ def train_epoch(
     alternate between them and (params, s1, s2), and on return params, s1,
     s2 hold the values of the last good step.  nt, scratch: threads and
     their scratch values (``train_step``).
+    check_inputs: check each batch as it is gathered, before its step:
+    status BAD_X for a non-finite value of X, BAD_LABEL for a label outside
+    [0, d_L) (XENT_LABELS).  train_on_batch leaves these checks to the
+    kernel (a pass over data the gather reads anyway, instead of two NumPy
+    calls of ~2 us each; issue 16, item 5); fit checks X and y once, before
+    its epochs, and passes False.
     """
     n = perm.size
     d0 = widths[0]
@@ -561,6 +579,17 @@ def train_epoch(
                 xr[j] = Xs[j]
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
+        if check_inputs:
+            if not all_finite(xb[:m * d0]):
+                status = BAD_X
+                break
+            if loss_kind == XENT_LABELS:
+                ok = True
+                for r in range(m):
+                    ok &= (yb_int[r] >= 0) & (yb_int[r] < dl)
+                if not ok:
+                    status = BAD_LABEL
+                    break
         status, loss, c, step = _train_step(
             p_cur, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
             opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b, rw,
