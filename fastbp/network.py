@@ -652,7 +652,8 @@ class MLP:
                     self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                     opt.kind, hp, s1, s2, opt.step_,
                     sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                    ws["delta_a"], ws["delta_b"], ws["rw"], loss_sum), commit)
+                    ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
+                    ws["s2_next"], loss_sum), commit)
                 return out[0], out[1], out[2], out[3]
         else:
             def call(a, b, loss_sum):
@@ -877,7 +878,8 @@ class MLP:
                 self._params, self._grads, self.widths, self.codes, kind, self.alpha,
                 opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_,
                 sb[0], sb[1], sb[2], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
-                ws["delta_a"], ws["delta_b"], ws["rw"], 0.0), _committer(opt, 4))
+                ws["delta_a"], ws["delta_b"], ws["rw"], ws["p_next"], ws["s1_next"],
+                ws["s2_next"], 0.0), _committer(opt, 4))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         return float(loss)

@@ -375,3 +375,31 @@ def test_mlp_sparse_sigmoid_output():
     np.testing.assert_allclose(ms.predict_proba(X), md.predict_proba(X.toarray()),
                                rtol=1e-11, atol=1e-14)
     np.testing.assert_array_equal(ms.predict(X), md.predict(X.toarray()))
+
+
+@pytest.mark.parametrize("good_steps", [1, 2, 3])
+@pytest.mark.parametrize("adam", [False, True])
+def test_sparse_divergence_mid_epoch_keeps_the_last_good_step(good_steps, adam):
+    """The sparse epoch alternates its steps between two buffers (the
+    one-pass checked update): after a diverging step, the parameters and
+    optimizer state are those of the last good step, whichever buffer held
+    them, bit for bit as a fit over the good batches alone."""
+    bs = 8
+    X = _csr(48, 10, 0.3, 21)
+    y = np.random.default_rng(22).standard_normal((48, 2))
+    y[good_steps * bs + 2, 1] = 1e300  # the loss of batch good_steps + 1 overflows
+
+    def opt():
+        return fb.Adam(lr=1e-2) if adam else fb.SGD(lr=0.1, momentum=0.9)
+
+    m, ref = _pair([10, 7, 2], dtype="float64", output="identity")
+    o, o_ref = opt(), opt()
+    with pytest.raises(fb.DivergenceError) as info:
+        m.fit(X, y, epochs=1, batch_size=bs, optimizer=o, shuffle=False)
+    assert info.value.step == good_steps + 1
+    ref.fit(X[:good_steps * bs], y[:good_steps * bs], epochs=1, batch_size=bs,
+            optimizer=o_ref, shuffle=False)
+    np.testing.assert_array_equal(m.flat_params, ref.flat_params)
+    for a, b in zip(o.state_, o_ref.state_):
+        np.testing.assert_array_equal(a, b)
+    assert o.step_ == o_ref.step_ == good_steps

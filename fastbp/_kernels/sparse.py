@@ -38,7 +38,7 @@ from .network import (
     l2_alpha,
     view2d,
 )
-from .optim import apply_update, check_update
+from .optim import adopt_update, fused_update
 
 
 @njit(**JIT)
@@ -217,10 +217,12 @@ def loss_and_grad_sparse(params, grads, widths, codes, loss_kind, alpha,
 @njit(**JIT_INLINE)
 def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indices, indptr,
                       y_int, y_f, sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b,
-                      rw):
+                      rw, p_next, s1_next, s2_next):
     """network.train_step with X as CSR rows: same checks and statuses
     (0 success, 1 non-finite loss, 2 non-finite gradient, 3 non-finite
-    update; then no update).
+    update; then the step's values are to be dropped), and the same
+    one-pass checked update into the second buffers p_next, s1_next,
+    s2_next (``optim.fused_update``; params, s1 and s2 are only read).
     Returns (status, loss, n_correct, step)."""
     loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
                                       y_int, y_f, sw, acts, delta_a, rw)
@@ -230,10 +232,10 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
                             data, indices, indptr, h1, acts, delta_a, delta_b)
     if not np.isfinite(loss):  # the L2 term overflowed
         return 1, loss, c, step
-    status = check_update(opt_kind, params, grads, s1, s2, hp, step + 1)
+    status = fused_update(opt_kind, params, grads, s1, s2, hp, step + 1, p_next, s1_next,
+                          s2_next)
     if status != 0:
         return status, loss, c, step
-    apply_update(opt_kind, params, grads, s1, s2, hp, step + 1)
     return 0, loss, c, step + 1
 
 
@@ -242,13 +244,17 @@ def train_epoch_sparse(
     data, indices, indptr, y_int, y_f, sw, perm, batch_size,
     params, grads, widths, codes, loss_kind, alpha,
     opt_kind, hp, s1, s2, step,
-    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, loss_sum0,
+    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
+    p_next, s1_next, s2_next, loss_sum0,
 ):
     """network.train_epoch for X given as CSR rows (data, indices, indptr).
 
     Each step gathers its rows ``perm[start:start + m]`` into the CSR batch
     buffers bdata / bindices (room for the largest batch's entries) and
-    bindptr (batch_size + 1), and its targets as train_epoch does.
+    bindptr (batch_size + 1), and its targets as train_epoch does.  Steps
+    alternate between (params, s1, s2) and the second buffers (p_next,
+    s1_next, s2_next) as in train_epoch; on return params, s1, s2 hold the
+    values of the last good step.
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
     train_epoch, plus the loss of the last step taken.
     """
@@ -258,19 +264,31 @@ def train_epoch_sparse(
     correct = 0
     last = params.dtype.type(0)
     nb = (n + batch_size - 1) // batch_size
-    for bi in range(nb):
+    p_cur, s1_cur, s2_cur = params, s1, s2
+    p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
+    status = 0
+    bi = 0
+    while bi < nb:
         start = bi * batch_size
         m = min(batch_size, n - start)
         gather_rows(data, indices, indptr, perm[start:start + m], bdata, bindices, bindptr)
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         status, loss, c, step = train_step_sparse(
-            params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
-            yb_int[:m], yf, swv, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw,
+            p_cur, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
+            yb_int[:m], yf, swv, opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b,
+            rw, p_nxt, s1_nxt, s2_nxt,
         )
         if status != 0:
-            return status, bi, loss_sum, correct, step, loss
+            last = loss
+            break
+        p_cur, p_nxt = p_nxt, p_cur
+        s1_cur, s1_nxt = s1_nxt, s1_cur
+        s2_cur, s2_nxt = s2_nxt, s2_cur
         loss_sum += float(loss) * m
         correct += c
         last = loss
-    return 0, nb, loss_sum, correct, step, last
+        bi += 1
+    if p_cur.ctypes.data != params.ctypes.data:
+        adopt_update(opt_kind, hp, p_cur, s1_cur, s2_cur, params, s1, s2)
+    return status, bi, loss_sum, correct, step, last
