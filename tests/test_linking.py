@@ -111,8 +111,12 @@ _FIRST_FIT = textwrap.dedent(
     from numba.core.event import install_recorder
     with install_recorder("numba:compile") as rec:
         m.train_on_batch(X[:16], y[:16])  # the step fit compiled, not another
+    before_fast = sorted(leaf for leaf in linking._LEAVES
+                         if linking.dispatcher(leaf).overloads)
+    m.train_on_batch(X[:16], y[:16])  # the fast path: the kernel checks the batch
     print(json.dumps({
         "compiled_by_train_on_batch": len(rec.buffer),
+        "compiled_before_fast": before_fast,
         "linked": sorted(leaf for leaf in linking._LEAVES
                          if linking.slot_filled(leaf, types.float32)),
         "compiled": sorted(leaf for leaf in linking._LEAVES
@@ -134,17 +138,21 @@ def _first_fit(cache, threads=1):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path, threads):
-    # and train_on_batch afterwards runs the step fit compiled: nothing new.
+    # and train_on_batch afterwards runs the step fit compiled: nothing new;
+    # its fast path (from the second call) adds only the batch check.
     # With 2 threads the 8-wide hidden layer's backward pass is split (its
-    # forward pass is too narrow to be)
+    # forward pass is too narrow to be), and so is the gather
     used = sorted(["activations.bias_activation_cols", "activations.delta_cols",
                    "losses.row_weights", "losses.softmax_xent_labels", "network.backward_block",
                    "network.forward_block", "network.train_step", "network.update_block",
-                   "optim.sgd_fused"] + (["network.layer_par"] if threads > 1 else []))
+                   "optim.sgd_fused"]
+                  + (["network.gather_block", "network.layer_par"] if threads > 1 else []))
     cold = _first_fit(tmp_path, threads)
-    assert cold["linked"] == used
-    assert cold["compiled"] == used  # no other loss, no Adam, no float64
+    assert cold["compiled_before_fast"] == used  # no other loss, no Adam, no float64
     assert cold["compiled_by_train_on_batch"] == 0
+    used = sorted([*used, "network.check_batch"])
+    assert cold["linked"] == used
+    assert cold["compiled"] == used
     # a new process: train_epoch comes from the cache and finds its leaves again
     warm = _first_fit(tmp_path, threads)
     assert warm["linked"] == used

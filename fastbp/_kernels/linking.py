@@ -95,7 +95,7 @@ def _backward_block_args(t):
 
 
 def _layer_par_args(t):
-    return (_I64, *_layer_args(t), _I64, _c(t, 1))
+    return (_I64, *_layer_args(t), _I64, _c(t, 1), _c(_I64, 1))
 
 
 def _update_block_args(t):
@@ -133,6 +133,9 @@ _SPECS = {
     "network.forward_block": (_forward_block_args, lambda t: _NONE),
     "network.backward_block": (_backward_block_args, lambda t: _NONE),
     "network.layer_par": (_layer_par_args, lambda t: _NONE),
+    "network.check_batch": (lambda t: (_c(t, 1), _c(_I64, 1), _I64), lambda t: _I64),
+    "network.gather_block": (lambda t: (_c(t, 2), _c(_I64, 1), _I64, _I64, _I64, _c(t, 2)),
+                             lambda t: _NONE),
     "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
 }
 _LEAVES = list(_SPECS)

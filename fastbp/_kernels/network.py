@@ -303,7 +303,8 @@ def forward_blocks(params, widths, codes, x, acts, nt):
             _forward_block(params, p_off, d_in, d_out, codes[k], h, out, 0, d_out)
         else:
             _layer_par(FORWARD, params, params, p_off, d_in, d_out, h, out, out, codes[k], 0.0,
-                       0, _NO_HP, params, params, 0, params, params, params, nt, params)
+                       0, _NO_HP, params, params, 0, params, params, params, nt, params,
+                       _NO_ROWS)
         h = out
         p_off += d_in * d_out + d_out
         a_off += m * d_out
@@ -368,29 +369,53 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
     scratch[nt + t] = params.dtype.type(worst)
 
 
+@njit(**JIT)
+def gather_block(X, rows, off, r0, r1, xb):
+    """The rows [r0, r1) of a batch: xb[r] = X[rows[off + r]] (xb (m, d_0))."""
+    d0 = X.shape[1]
+    for r in range(r0, r1):
+        src = X[rows[off + r]]
+        dst = xb[r]
+        for j in range(d0):
+            dst[j] = src[j]
+
+
+# a leaf: the gather of train_epoch, on one thread or in layer_par's blocks
+_gather_block = linked("network.gather_block")
+
 FORWARD = 0
 BACKWARD = 1
+GATHER = 2
 #: hp argument of a forward ``layer_par`` call (not read)
 _NO_HP = np.zeros(5)
+#: rows argument of a forward or backward ``layer_par`` call (not read)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 @njit(**JIT_PARALLEL)
 def layer_par(which, params, grads, off, d_in, d_out, h_in, da, dh, code, alpha, opt_kind,
-              hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
+              hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch, rows):
     """The nt thread blocks of one layer in parallel, each calling BLAS
     single-threaded: ``forward_block`` of its output columns (FORWARD:
     h_in, W at ``params[off]``, out = ``da``; the arguments after ``code``
-    are not read) or ``backward_block`` (BACKWARD, W at ``params[off]``).
+    are not read) or ``backward_block`` (BACKWARD, W at ``params[off]``);
+    or the gather of a batch (GATHER: ``da[r] = h_in[rows[off + r]]`` for
+    the d_in rows r of the batch, d_out values each, a block of rows per
+    thread; the arguments after ``code`` but ``nt`` and ``rows`` are not
+    read).
 
-    One parallel leaf for both, whose loop body is a call of a serial
-    leaf: Numba's parfor passes cost about 1 s of CPU per parallel function
-    on a cold compile, and took 5-15 s with the block's body or the whole
-    step inside (docs/performance.md)."""
+    One parallel leaf for all three, whose loop body is a call of a serial
+    leaf: Numba's parfor passes cost about 1 s of CPU per
+    parallel function on a cold compile, and took 5-15 s with the block's
+    body or the whole step inside (docs/performance.md)."""
     for t in prange(nt):
         # (prange's index is unsigned; the leaves' signatures say int64)
         if which == FORWARD:
             c0, c1 = block(d_out, nt, np.int64(t))
             _forward_block(params, off, d_in, d_out, code, h_in, da, c0, c1)
+        elif which == GATHER:
+            r0, r1 = block(d_in, nt, np.int64(t))
+            _gather_block(h_in, rows, off, r0, r1, da)
         else:
             _backward_block(np.int64(t), nt, params, grads, off, d_in, d_out, h_in, da, dh,
                             code, alpha, opt_kind, hp, s1, s2, step, p_next, s1_next,
@@ -453,7 +478,7 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
         else:
             _layer_par(BACKWARD, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
                        alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt,
-                       scratch)
+                       scratch, _NO_ROWS)
         for t in range(nt):
             l2 += scratch[t]
             worst = max(worst, int(scratch[nt + t]))
@@ -519,6 +544,23 @@ def train_step(
     return 0, loss, c, step + 1
 
 
+@njit(**JIT)
+def check_batch(x, labels, dl):
+    """train_epoch's check of a gathered batch when its caller did not check
+    the inputs: BAD_X if a value of x (flat) is not finite, BAD_LABEL if a
+    label is outside [0, dl), else 0."""
+    if not all_finite(x):
+        return BAD_X
+    ok = True
+    for r in range(labels.size):
+        ok &= (labels[r] >= 0) & (labels[r] < dl)
+    return 0 if ok else BAD_LABEL
+
+
+# a leaf, compiled on its first call (train_on_batch's), not by a fit
+_check_batch = linked("network.check_batch")
+
+
 # train_epoch calls the step through the table: the step is compiled once, on
 # its own, and is the same compiled code train_on_batch runs.
 _train_step = linked("network.train_step")
@@ -571,25 +613,23 @@ def train_epoch(
         start = bi * batch_size
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
-        for r in range(m):
-            src = perm[start + r]
-            xr = xv[r]
-            Xs = X[src]
-            for j in range(d0):
-                xr[j] = Xs[j]
+        if nt > 1:  # a split step: the gather on the step's threads too
+            _layer_par(GATHER, p_cur, grads, start, m, d0, X, xv, xv, 0, 0.0, 0, _NO_HP,
+                       s1_cur, s2_cur, 0, p_nxt, s1_nxt, s2_nxt, nt, scratch, perm)
+        else:  # inline, not the leaf: the one-thread fit compiles no more
+            for r in range(m):
+                src = perm[start + r]
+                xr = xv[r]
+                Xs = X[src]
+                for j in range(d0):
+                    xr[j] = Xs[j]
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         if check_inputs:
-            if not all_finite(xb[:m * d0]):
-                status = BAD_X
+            status = _check_batch(xb[:m * d0], yb_int[:m] if loss_kind == XENT_LABELS
+                                  else yb_int[:0], dl)
+            if status != 0:
                 break
-            if loss_kind == XENT_LABELS:
-                ok = True
-                for r in range(m):
-                    ok &= (yb_int[r] >= 0) & (yb_int[r] < dl)
-                if not ok:
-                    status = BAD_LABEL
-                    break
         status, loss, c, step = _train_step(
             p_cur, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
             opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b, rw,
