@@ -435,3 +435,31 @@ def test_checkpoint_every_timedelta():
     assert _r.parse_every(datetime.timedelta(minutes=10)) == (None, 600.0)
     with pytest.raises(ValueError, match="checkpoint_every"):
         _r.parse_every(datetime.timedelta(0))
+
+
+def test_slices_hold_an_even_number_of_batches_but_the_last():
+    """The steps alternate between two parameter buffers; a slice of an even
+    number of batches ends in the model's own buffer, with no copy back
+    (docs/performance.md).  Only an epoch's last slice may be odd."""
+    calls = []
+
+    def call(a, b, loss_sum):
+        calls.append((a, b))
+        return 0, 0, loss_sum, 0
+
+    class Sizes:  # a slicer asking for odd sizes
+        size = 1
+
+        def whole(self, nb):
+            return False
+
+        def record(self, batches, seconds):
+            self.size = 3
+
+    for nb in (1, 2, 7, 10):
+        calls.clear()
+        state = _r.EpochState()
+        assert _r.run_epoch(call, nb * 5, 5, Sizes(), state) == (0, nb)
+        batches = [(b - a) // 5 for a, b in calls]
+        assert sum(batches) == nb == state.done
+        assert all(k % 2 == 0 for k in batches[:-1]), batches
