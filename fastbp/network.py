@@ -795,6 +795,12 @@ class MLP:
         Raises DivergenceError (parameters unchanged) on a non-finite loss or
         gradient.  The step is one compiled call: a Ctrl-C during it is
         raised when it returns, with the step applied and counted.
+
+        Calls after the first, without ``optimizer`` or ``sample_weight``
+        and with X already a C-contiguous, writeable array of the model's
+        dtype, take a fast path (about 8 us of Python per call): the
+        compiled step checks the values of X and of int64 labels as it
+        reads them, with the same errors.
         """
         ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         fast = self.__dict__.get("_tob")
