@@ -374,6 +374,7 @@ class MLP:
         """Training writes the parameter and gradient buffers in place; a
         model unpickled from a read-only memory map gets its own copies."""
         if not self._params.flags.writeable:
+            self._tob = None  # train_on_batch's record holds the old buffers
             self._params = self._params.copy()
         if not self._grads.flags.writeable:
             self._grads = np.zeros_like(self._params)
@@ -469,6 +470,7 @@ class MLP:
         # cheaper than a tuple of NumPy integers
         key = (cap, self.dtype, self.widths.tobytes(), dense_x)
         if self._ws_key != key:
+            self._tob = None  # train_on_batch's record holds the old workspace
             w = [int(d) for d in self.widths]
             dt = self.dtype
             what = f"the workspace for {cap} rows"
@@ -580,6 +582,7 @@ class MLP:
             first.  With ``checkpoint``, that state is written before the
             exception propagates.
         """
+        self._tob = None  # train_on_batch's record: the next call checks in full
         if comm is not None:
             from . import distributed
 
@@ -841,15 +844,22 @@ class MLP:
         5: the Python checks and calls around the step cost 22 us at
         64-128-10 b32, more than half the step)."""
         n = X.shape[0]
+        opt = fast.opt
+        if (opt._cached_hp(ck.dtype) is not fast.hp
+                or opt._cached_state(self._params) is not fast.state):
+            # settings or state changed: the checked path, once, with its
+            # checks in its order (X first) and bind's effects only after them
+            self._tob = None
+            return self.train_on_batch(X, y)
         if (type(y) is np.ndarray and y.dtype is _INT64 and y.ndim == 1 and y.shape[0] == n
                 and self.output == "softmax" and (y.flags.num & v.CAW) == v.CAW):
             kind, y_int, y_f = _net.XENT_LABELS, y, ck.no_targets
         else:
-            kind, y_int, y_f = self._check_y(y, n, ck=ck)
-        opt = fast.opt
-        if opt._checked_hp(ck.dtype) is not fast.hp or opt.bind(self._params) is not fast.state:
-            self._tob = None  # settings or state changed: the checked path, once
-            return self.train_on_batch(X, y)
+            try:
+                kind, y_int, y_f = self._check_y(y, n, ck=ck)
+            except (TypeError, ValueError):
+                self._check_X(X, ck=ck)  # the checked path reports a bad X first
+                raise
         nt, guard = step_threads(n * fast.flops_per_row)
         args = ((X, y_int, y_f, ck.no_weights, fast.order[:n], n) + fast.model_args
                 + (kind,) + fast.opt_args + (opt.step_,) + fast.ws_args

@@ -51,10 +51,9 @@ class Optimizer:
         must be a NumPy dtype; it is compared by identity too (an equal but
         distinct dtype object only costs a full check).
         """
-        ck = self.__dict__.get("_checked")
-        if (ck is not None and ck[0] is dtype
-                and all(map(operator.is_, self._settings(self), ck[1]))):
-            return ck[2]
+        hp = self._cached_hp(dtype)
+        if hp is not None:
+            return hp
         self.__dict__.pop("_checked", None)
         settings = {k: getattr(self, k) for k in self._fields}
         fresh = type(self)(**settings)  # the constructor's checks, its messages
@@ -74,6 +73,32 @@ class Optimizer:
         self._checked = (dtype, self._settings(self), hp)
         return hp
 
+    def _cached_hp(self, dtype):
+        """The array of the last full check of ``_checked_hp`` while it still
+        holds (the same dtype object and setting objects), else None.
+        Changes nothing."""
+        ck = self.__dict__.get("_checked")
+        if (ck is not None and ck[0] is dtype
+                and all(map(operator.is_, self._settings(self), ck[1]))):
+            return ck[2]
+        return None
+
+    def _cached_state(self, params):
+        """The state tuple ``bind(params)`` checked last while that check
+        still holds (the same objects, layouts and a valid ``step_``), else
+        None.  Changes nothing: train_on_batch's fast path asks this and
+        takes the checked path, in its order of checks, when it is None."""
+        s = self.state_
+        ck = self.__dict__.get("_bound")
+        if (ck is not None and s is ck[0] and params is ck[1]()
+                and type(self.step_) is int and self.step_ >= 0):
+            a, b = s
+            # _validation.array_state of the three, inline (a per-step path)
+            if ck[2] == (a.shape, a.dtype, a.flags.num, b.shape, b.dtype, b.flags.num,
+                         params.shape, params.dtype, params.flags.num):
+                return s
+        return None
+
     def bind(self, params):
         """Make sure the state matches ``params`` (size and dtype).
 
@@ -91,15 +116,10 @@ class Optimizer:
         Any reassignment of ``state_`` or change of an array's flags, shape
         or dtype runs the full check again.
         """
+        s = self._cached_state(params)
+        if s is not None:
+            return s
         s = self.state_
-        ck = self.__dict__.get("_bound")
-        if (ck is not None and s is ck[0] and params is ck[1]()
-                and type(self.step_) is int and self.step_ >= 0):
-            a, b = s
-            # _validation.array_state of the three, inline (a per-step path)
-            if ck[2] == (a.shape, a.dtype, a.flags.num, b.shape, b.dtype, b.flags.num,
-                         params.shape, params.dtype, params.flags.num):
-                return s
         self.__dict__.pop("_bound", None)
         if s is None or not _same_buffer_kind(s, params):
             self.state_ = (np.zeros_like(params), np.zeros_like(params))

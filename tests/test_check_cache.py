@@ -386,3 +386,60 @@ def test_a_copy_does_not_write_the_original():
         clone.train_on_batch(X, y)
         np.testing.assert_array_equal(m.flat_params, before)
         assert not np.array_equal(clone.flat_params, before)
+
+
+def _set_state_shape(o):
+    o.state_[1].shape = (1, -1)
+
+
+ALSO_WRONG = {
+    "y one label short": lambda m, o, y: (y[:-1], None),
+    "lr negative": lambda m, o, y: (y, setattr(o, "lr", -1.0)),
+    "step_ negative": lambda m, o, y: (y, setattr(o, "step_", -1)),
+    "state reshaped in place": lambda m, o, y: (y, _set_state_shape(o)),
+    "state reset": lambda m, o, y: (y, o.reset()),
+    "nothing else": lambda m, o, y: (y, None),
+}
+
+
+@pytest.mark.parametrize("name", ALSO_WRONG)
+def test_bad_X_with_another_change_gets_the_checked_paths_error_and_effects(name):
+    """A bad X together with another change: the fast path reports what the
+    checked path reports (X first) and leaves the optimizer as it does (no
+    state replaced or step count reset by a call that raises)."""
+    X, y = _data()
+    Xn = X.copy()
+    Xn[-1, -1] = np.nan
+    outcomes = []
+    for via in ("optimizer given", "fast path"):
+        m, o = _fresh()
+        m.train_on_batch(X, y, optimizer=o)
+        m.train_on_batch(X, y)
+        y2, _ = ALSO_WRONG[name](m, o, y)
+        kwargs = {"optimizer": o} if via == "optimizer given" else {}
+        err = _error(lambda: m.train_on_batch(Xn, y2, **kwargs))  # noqa: B023
+        state = None if o.state_ is None else [a.copy() for a in o.state_]
+        outcomes.append((err, o.step_, state))
+    (e1, s1, st1), (e2, s2, st2) = outcomes
+    assert e1 == e2 and "X" in e1[1]
+    assert s1 == s2
+    assert (st1 is None) == (st2 is None)
+    if st1 is not None:
+        for a, b in zip(st1, st2):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fast_path_record_does_not_keep_a_replaced_optimizer_or_workspace_alive():
+    import gc
+    import weakref
+
+    X, y = _data()
+    m, o = _fresh()
+    m.train_on_batch(X, y, optimizer=o)
+    m.train_on_batch(X, y)
+    old_opt, old_ws = weakref.ref(o), weakref.ref(m._ws["acts"])
+    del o
+    m.fit(X, y, epochs=1, batch_size=3, optimizer=fb.Adam(lr=1e-3))  # another optimizer and workspace
+    gc.collect()
+    assert old_opt() is None and old_ws() is None
