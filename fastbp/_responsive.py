@@ -227,15 +227,19 @@ def run_epoch(call, n, batch_size, slicer, state, report=None):
         done = state.done
         k = nb - done if slicer is None or (done == 0 and slicer.whole(nb)) else \
             min(slicer.size, nb - done)
-        if k > 1 and k & 1 and done + k < nb:
+        if k & 1 and done + k < nb:
             # an even number of steps: the steps alternate between the
             # parameter buffers and an even count ends in the model's own,
             # with no copy back at the slice's end (~0.2 ms for the 235k
             # parameters and momenta of 784-256-128-10: 3-5 % of a 16 ms
-            # epoch cut into 4 slices; docs/performance.md).  One step less,
-            # never more: a slice of slow steps stays one step long, and
-            # Ctrl-C waits for no more than the slicer asked
-            k -= 1
+            # epoch cut into 4 slices; docs/performance.md).  One step less
+            # (Ctrl-C waits for no more than the slicer asked), or one more
+            # for a single step when two are no more work than an epoch run
+            # as one call (ONE_CALL_FLOPS); a slow step stays alone
+            if k > 1:
+                k -= 1
+            elif 2 * slicer.batch_flops <= ONE_CALL_FLOPS:
+                k = 2
         a = done * batch_size
         b = min(n, (done + k) * batch_size)
         t0 = time.perf_counter()

@@ -452,18 +452,25 @@ def test_slices_hold_an_even_number_of_batches_but_the_last():
     class Sizes:  # a slicer asking for odd sizes
         size = 1
 
+        def __init__(self, batch_flops):
+            self.batch_flops = batch_flops
+
         def whole(self, nb):
             return False
 
         def record(self, batches, seconds):
             self.size = 3
 
-    for nb in (1, 2, 7, 10):
-        calls.clear()
-        state = _r.EpochState()
-        assert _r.run_epoch(call, nb * 5, 5, Sizes(), state) == (0, nb)
-        batches = [(b - a) // 5 for a, b in calls]
-        assert sum(batches) == nb == state.done
-        assert all(k % 2 == 0 or k == 1 for k in batches[:-1]), batches
-        assert all(k <= 3 for k in batches), batches
-        assert batches[0] == 1 and all(k == 2 for k in batches[1:-1]), batches
+    for heavy in (False, True):
+        for nb in (1, 2, 7, 10):
+            calls.clear()
+            state = _r.EpochState()
+            flops = _r.ONE_CALL_FLOPS if heavy else _r.ONE_CALL_FLOPS / 2
+            assert _r.run_epoch(call, nb * 5, 5, Sizes(flops), state) == (0, nb)
+            batches = [(b - a) // 5 for a, b in calls]
+            assert sum(batches) == nb == state.done
+            assert all(k <= 3 for k in batches), batches
+            # a heavy single step stays alone; light ones go in pairs
+            first = 1 if heavy or nb == 1 else 2
+            assert batches[0] == first, batches
+            assert all(k == 2 for k in batches[1:-1]), batches
