@@ -369,8 +369,8 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
     scratch[nt + t] = params.dtype.type(worst)
 
 
-@njit(**JIT)
-def gather_block(X, rows, off, r0, r1, xb):
+@njit(**JIT_INLINE)
+def copy_rows(X, rows, off, r0, r1, xb):
     """The rows [r0, r1) of a batch: xb[r] = X[rows[off + r]] (xb (m, d_0))."""
     d0 = X.shape[1]
     for r in range(r0, r1):
@@ -378,6 +378,12 @@ def gather_block(X, rows, off, r0, r1, xb):
         dst = xb[r]
         for j in range(d0):
             dst[j] = src[j]
+
+
+@njit(**JIT)
+def gather_block(X, rows, off, r0, r1, xb):
+    """``copy_rows`` as a leaf, for the thread blocks of ``layer_par``."""
+    copy_rows(X, rows, off, r0, r1, xb)
 
 
 # a leaf: the gather of train_epoch, on one thread or in layer_par's blocks
@@ -617,12 +623,7 @@ def train_epoch(
             _layer_par(GATHER, p_cur, grads, start, m, d0, X, xv, xv, 0, 0.0, 0, _NO_HP,
                        s1_cur, s2_cur, 0, p_nxt, s1_nxt, s2_nxt, nt, scratch, perm)
         else:  # inline, not the leaf: the one-thread fit compiles no more
-            for r in range(m):
-                src = perm[start + r]
-                xr = xv[r]
-                Xs = X[src]
-                for j in range(d0):
-                    xr[j] = Xs[j]
+            copy_rows(X, perm, start, 0, m, xv)
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         if check_inputs:
