@@ -120,9 +120,10 @@ class _BatchCall:
     """What train_on_batch's fast path passes unchanged from call to call,
     kept after a call of the checked path: the checked structure, the
     optimizer, its checked hyper-parameters and bound state (all compared
-    by identity on each call; ``_check_structure``, ``Optimizer._checked_hp``
-    and ``Optimizer.bind`` check their layouts again) and the workspace, as
-    slices of train_epoch's arguments."""
+    by identity on each call, their layouts rechecked by
+    ``_check_structure``, ``Optimizer._cached_hp`` and
+    ``Optimizer._cached_state``, which change nothing) and the workspace,
+    as slices of train_epoch's arguments."""
 
     __slots__ = ("cap", "ck", "flops_per_row", "hp", "model_args", "opt", "opt_args",
                  "order", "scratch", "state", "ws", "ws_args")
@@ -866,7 +867,7 @@ class MLP:
                 + (nt, fast.scratch, 0.0, True))
         box = []
         with guard:
-            try:  # _responsive.call_committing, inline
+            try:  # _responsive.call_committing, inline (a Python call less per step)
                 box.extend(starmap(_net.train_epoch, (args,)))
             finally:
                 if box:
