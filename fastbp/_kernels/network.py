@@ -386,7 +386,8 @@ def gather_block(X, rows, off, r0, r1, xb):
     copy_rows(X, rows, off, r0, r1, xb)
 
 
-# a leaf: the gather of train_epoch, on one thread or in layer_par's blocks
+# a leaf: train_epoch's gather in layer_par's thread blocks (on one thread,
+# train_epoch inlines copy_rows instead)
 _gather_block = linked("network.gather_block")
 
 FORWARD = 0
