@@ -1,15 +1,19 @@
-"""Cost of data-parallel ``finish_step``: copy-and-undo against check-then-update.
+"""Cost of data-parallel ``finish_step`` against its two former versions.
 
-``OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/mpi_finish_step.py``:
-times ``_kernels.distributed.finish_step`` (scale, L2, ``optim.check_update``,
-then ``apply_update``; nothing is written for a non-finite update) against
-the former version below (copies of the parameters and optimizer state, the
-update, finiteness checks of the results, restore on failure), float32,
-alone, interleaved over rounds, medians; and checks that both give
-bit-identical parameters.  Each timed call includes one copy of the
-gradient buffer (the kernels scale it in place).
+``OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/mpi_finish_step.py
+[--alpha 1e-4]``: times ``_kernels.distributed.finish_step`` (two passes: the
+scaling, L2 term and ``optim.check_update`` chunk by chunk, then
+``apply_update``; nothing is written for a non-finite update) against the
+former versions below: three passes (scale and L2 over the whole buffer,
+then the check, then the update; until issue 16's third round) and
+copy-and-undo (copies of the parameters and optimizer state, the update,
+finiteness checks of the results, restore on failure).  float32, alone,
+interleaved over rounds, medians; checks that all three give bit-identical
+parameters and losses.  Each timed call includes one copy of the gradient
+buffer (the kernels scale it in place).
 """
 
+import argparse
 import itertools
 import statistics
 import time
@@ -20,9 +24,61 @@ from numba import njit
 import fastbp as fb
 from fastbp._kernels import distributed as dk
 from fastbp._kernels.config import JIT
-from fastbp._kernels.optim import all_finite, apply_update
+from fastbp._kernels.optim import all_finite, apply_update, check_update
 
 WEIGHT, ROWS, LOSS = dk.WEIGHT, dk.ROWS, dk.LOSS
+
+
+@njit(**dict(JIT, inline="always"))
+def scale_gradient(params, g, widths, alpha, inv, reg):
+    """The former first pass: g = g * inv + reg * W on the weights (g * inv
+    on the biases) over the whole buffer; returns sum(W**2) (0 when alpha
+    is 0)."""
+    t = params.dtype.type
+    l2 = t(0)
+    off = 0
+    for k in range(widths.size - 1):
+        n_w = widths[k] * widths[k + 1]
+        gw = g[off : off + n_w]
+        pw = params[off : off + n_w]
+        if alpha != 0.0:
+            for i in range(n_w):
+                l2 += pw[i] * pw[i]
+            for i in range(n_w):
+                gw[i] = gw[i] * inv + reg * pw[i]
+        else:
+            for i in range(n_w):
+                gw[i] = gw[i] * inv
+        off += n_w
+        gb = g[off : off + widths[k + 1]]
+        for i in range(gb.size):
+            gb[i] = gb[i] * inv
+        off += widths[k + 1]
+    return l2
+
+
+@njit(**JIT)
+def finish_step_3pass(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
+    """The former finish_step: scale and L2 over the whole buffer, then the
+    check, then the update (three passes over the parameters)."""
+    P = params.size
+    t = params.dtype.type
+    S = gbuf[P + WEIGHT]
+    loss_sum = gbuf[P + LOSS]
+    if not np.isfinite(loss_sum) or not S > 0:
+        return 1, loss_sum, step
+    g = gbuf[:P]
+    inv = t(1) / S
+    reg = t(alpha) / S
+    l2 = scale_gradient(params, g, widths, alpha, inv, reg)
+    batch_loss = loss_sum * inv + t(0.5) * reg * l2
+    if not np.isfinite(batch_loss):
+        return 1, batch_loss, step
+    status = check_update(opt_kind, params, g, s1, s2, hp, step + 1)
+    if status != 0:
+        return status, batch_loss, step
+    apply_update(opt_kind, params, g, s1, s2, hp, step + 1)
+    return 0, batch_loss, step + 1
 
 
 @njit(**JIT)
@@ -54,7 +110,7 @@ def finish_step_undo(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, ke
         return 2, loss_sum, step
     inv = t(1) / S
     reg = t(alpha) / S
-    l2 = dk.scale_gradient(params, g, widths, alpha, inv, reg)
+    l2 = scale_gradient(params, g, widths, alpha, inv, reg)
     batch_loss = loss_sum * inv + t(0.5) * reg * l2
     if not np.isfinite(batch_loss):
         return 1, batch_loss, step
@@ -79,35 +135,53 @@ def finish_step_undo(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, ke
     return 0, batch_loss, step + 1
 
 
-
-for widths in ((784, 256, 128, 10), (1024, 2048, 2048, 10)):
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--alpha", type=float, default=1e-4, help="L2 term (default 1e-4)")
+ap.add_argument("--rounds", type=int, default=9)
+alpha = ap.parse_args().alpha
+rounds = ap.parse_args().rounds
+KINDS = ("undo", "3pass", "new")
+for widths in ((64, 128, 10), (784, 256, 128, 10), (1024, 2048, 2048, 10)):
     w = np.array(widths, dtype=np.int64)
     P = sum(a * b + b for a, b in itertools.pairwise(widths))
     rng = np.random.default_rng(0)
-    for name, opt in (("SGD(momentum=0.9)", fb.SGD(lr=1e-3, momentum=0.9)), ("Adam", fb.Adam(lr=1e-3))):
-        hp = opt.hyperparameters(); kind = opt.kind
+    for name, opt in (("SGD(momentum=0.9)", fb.SGD(lr=1e-3, momentum=0.9)),
+                      ("Adam", fb.Adam(lr=1e-3))):
+        hp = opt.hyperparameters()
+        kind = opt.kind
         p0 = rng.standard_normal(P).astype(np.float32)
-        g0 = np.zeros(P + dk.TAIL, np.float32); g0[:P] = rng.standard_normal(P); g0[P] = 64; g0[P+1] = 64; g0[P+2] = 10
-        bufs = {}
-        for k in ("old", "new"):
-            bufs[k] = [p0.copy(), g0.copy(), np.zeros(P, np.float32), np.zeros(P, np.float32)]
-        keep = (np.empty(P, np.float32), np.empty(P, np.float32), np.empty(P if kind == 1 else 0, np.float32))
-        times = {"old": [], "new": []}
-        reps = 3 if P > 1e6 else 50
-        for r in range(8):
-            for k in (("old", "new") if r % 2 else ("new", "old")):
+        g0 = np.zeros(P + dk.TAIL, np.float32)
+        g0[:P] = rng.standard_normal(P)
+        g0[P], g0[P + 1], g0[P + 2] = 64, 64, 10
+        bufs = {k: [p0.copy(), g0.copy(), np.zeros(P, np.float32), np.zeros(P, np.float32)]
+                for k in KINDS}
+        keep = (np.empty(P, np.float32), np.empty(P, np.float32),
+                np.empty(P if kind == 1 else 0, np.float32))
+        times = {k: [] for k in KINDS}
+        losses = {}
+        reps = 3 if P > 1e6 else (50 if P > 1e5 else 500)
+        for r in range(rounds):
+            order = KINDS if r % 2 else KINDS[::-1]
+            for k in order:
                 p, g, s1, s2 = bufs[k]
                 t0 = time.perf_counter()
                 for _ in range(reps):
-                    g[:] = g0  # the same gradient each time (copy timed in both)
-                    if k == "old":
-                        st = finish_step_undo(p, g, w, 0.0, kind, hp, s1, s2, 5, *keep)
+                    g[:] = g0  # the same gradient each time (copy timed in all)
+                    if k == "undo":
+                        st = finish_step_undo(p, g, w, alpha, kind, hp, s1, s2, 5, *keep)
+                    elif k == "3pass":
+                        st = finish_step_3pass(p, g, w, alpha, kind, hp, s1, s2, 5)
                     else:
-                        st = dk.finish_step(p, g, w, 0.0, kind, hp, s1, s2, 5)
+                        st = dk.finish_step(p, g, w, alpha, kind, hp, s1, s2, 5)
                     assert st[0] == 0
+                losses[k] = float(st[1])
                 if r:
                     times[k].append((time.perf_counter() - t0) / reps)
-        # the same arithmetic: same params after the same calls
-        assert np.array_equal(bufs["old"][0], bufs["new"][0])
-        a, b = statistics.median(times["old"]), statistics.median(times["new"])
-        print(f"{'-'.join(map(str, widths)):>18} P={P:>8} {name:>18}: old {a*1e3:8.3f} ms  new {b*1e3:8.3f} ms  new/old {b/a:.3f}", flush=True)
+        # the same arithmetic: the same parameters and loss after the same calls
+        for k in KINDS[:-1]:
+            assert np.array_equal(bufs[k][0], bufs["new"][0]), k
+            assert losses[k] == losses["new"], (k, losses)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{'-'.join(map(str, widths)):>18} P={P:>8} {name:>18}: "
+              + "  ".join(f"{k} {v * 1e3:7.3f} ms" for k, v in med.items())
+              + f"  new/3pass {med['new'] / med['3pass']:.3f}", flush=True)
