@@ -1,16 +1,17 @@
 """Cost of data-parallel ``finish_step`` against its two former versions.
 
 ``OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/mpi_finish_step.py
-[--alpha 1e-4]``: times ``_kernels.distributed.finish_step`` (two passes: the
-scaling, L2 term and ``optim.check_update`` chunk by chunk, then
-``apply_update``; nothing is written for a non-finite update) against the
-former versions below: three passes (scale and L2 over the whole buffer,
-then the check, then the update; until issue 16's third round) and
-copy-and-undo (copies of the parameters and optimizer state, the update,
-finiteness checks of the results, restore on failure).  float32, alone,
-interleaved over rounds, medians; checks that all three give bit-identical
-parameters and losses.  Each timed call includes one copy of the gradient
-buffer (the kernels scale it in place).
+[--alpha 1e-4]``: times ``_kernels.distributed.finish_step`` (one pass: the
+scaling, the L2 term and ``optim.fused_update`` chunk by chunk, the new
+values written to second buffers that the caller adopts when all are
+finite; the timed loop alternates the buffers as the MPI fit does) against
+the former versions below: three passes (scale and L2 over the whole
+buffer, then ``optim.check_update``, then the update in place; until issue
+16's third round) and copy-and-undo (copies of the parameters and optimizer
+state, the update, finiteness checks of the results, restore on failure).
+float32, alone, interleaved over rounds, medians; checks that all three
+give bit-identical parameters and losses.  Each timed call includes one
+copy of the gradient buffer (the kernels scale it in place).
 """
 
 import argparse
@@ -155,6 +156,8 @@ for widths in ((64, 128, 10), (784, 256, 128, 10), (1024, 2048, 2048, 10)):
         g0[P], g0[P + 1], g0[P + 2] = 64, 64, 10
         bufs = {k: [p0.copy(), g0.copy(), np.zeros(P, np.float32), np.zeros(P, np.float32)]
                 for k in KINDS}
+        # the current version alternates with second buffers (as the MPI fit does)
+        second = [np.zeros(P, np.float32) for _ in range(3)]
         keep = (np.empty(P, np.float32), np.empty(P, np.float32),
                 np.empty(P if kind == 1 else 0, np.float32))
         times = {k: [] for k in KINDS}
@@ -172,7 +175,11 @@ for widths in ((64, 128, 10), (784, 256, 128, 10), (1024, 2048, 2048, 10)):
                     elif k == "3pass":
                         st = finish_step_3pass(p, g, w, alpha, kind, hp, s1, s2, 5)
                     else:
-                        st = dk.finish_step(p, g, w, alpha, kind, hp, s1, s2, 5)
+                        st = dk.finish_step(p, g, w, alpha, kind, hp, s1, s2, 5, *second)
+                        assert st[0] == 0
+                        bufs[k][0], bufs[k][2], bufs[k][3], second = (
+                            second[0], second[1], second[2], [p, s1, s2])
+                        p, s1, s2 = bufs[k][0], bufs[k][2], bufs[k][3]
                     assert st[0] == 0
                 losses[k] = float(st[1])
                 if r:

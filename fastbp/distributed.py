@@ -51,6 +51,7 @@ from . import _responsive as _r
 from . import _validation as v
 from ._kernels import distributed as _dk
 from ._kernels import network as _net
+from ._kernels.optim import ADAM
 from .network import CLASSIFIER_OUTPUTS
 
 __all__ = ["RankFailedError", "evaluate", "fit", "shard_rows"]
@@ -282,6 +283,25 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     INTERRUPT, SAVE = P + _dk.TAIL, P + _dk.TAIL + 1
     ws = model._workspace(max(1, min(batch_size, n_local)))
     tail = gbuf[P:]
+    # The steps alternate between the model's buffers and the workspace's
+    # second ones, as the single-process epoch does (finish_step writes the
+    # new values into the other set, adopted when all finite): cur holds the
+    # last good step's values.  sync() puts them into the model's own
+    # buffers wherever anything else may read them: before a checkpoint,
+    # at an epoch's end, on any exception.
+    own = (model._params, s1, s2)
+    second = (ws["p_next"], ws["s1_next"], ws["s2_next"])
+    cur = own
+
+    def sync():
+        nonlocal cur
+        if cur is not own:
+            np.copyto(model._params, cur[0])
+            if opt.kind == ADAM or hp[1] != 0.0:  # what the update writes (adopt_update)
+                np.copyto(s1, cur[1])
+            if opt.kind == ADAM:
+                np.copyto(s2, cur[2])
+            cur = own
     classify = model.output in CLASSIFIER_OUTPUTS
     history = {"loss": []}
     if classify:
@@ -301,6 +321,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
 
     def save(mid_epoch):
         nonlocal last_save
+        sync()
         model._partial = None if not mid_epoch else model._partial_record(
             rng_state, n_local, batch_size, state, size)
         try:
@@ -342,7 +363,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                     err = None
                     try:
                         if m > 0:
-                            _dk.local_sums(X, y_int, y_f, sw, perm, start, m, model._params,
+                            _dk.local_sums(X, y_int, y_f, sw, perm, start, m, cur[0],
                                            gbuf, model.widths, model.codes, kind,
                                            ws["xb"], ws["yb_int"], ws["yb_f"], ws["rw"],
                                            ws["acts"], ws["delta_a"], ws["delta_b"])
@@ -374,12 +395,14 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                         model._partial = model._partial_record(
                             rng_state, n_local, batch_size, state, size)
                         raise _Agreed(KeyboardInterrupt())
+                    nxt = second if cur is own else own
                     status, batch_loss, step = _dk.finish_step(
-                        model._params, gbuf, model.widths, model.alpha, opt.kind, hp, s1,
-                        s2, step)
-                    opt.step_ = int(step)
+                        cur[0], gbuf, model.widths, model.alpha, opt.kind, hp, cur[1],
+                        cur[2], step, nxt[0], nxt[1], nxt[2])
                     if status != 0:
                         raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
+                    cur = nxt
+                    opt.step_ = int(step)
                     state.loss_sum += float(batch_loss) * float(tail[_dk.ROWS])
                     state.correct += float(tail[_dk.CORRECT])
                     state.done = t + 1
@@ -396,6 +419,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                             # the running figures shown: of the steps taken in this call
                 shown_at, rows_new = time.monotonic(), 0
                 shown_loss = shown_correct = shown_rows = 0.0
+                sync()  # the epoch's last values into the model's buffers
                 if bar is not None and rows_new:
                     bar.advance(rows_new)
                 try:
@@ -424,6 +448,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
             if comm.allreduce(int(_r.take()), op=MPI.SUM):
                 raise _Agreed(KeyboardInterrupt())
     finally:
+        sync()  # an exception between steps: the last good step's values
         if bar is not None and not isinstance(progress, _r.Progress):
             bar.close()
         last_fit_stats.update(steps=n_steps, allreduce_s=t_allreduce,

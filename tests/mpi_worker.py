@@ -183,9 +183,34 @@ def bad_input(out):
         save(out, "bad_output", m, error=exc)
 
 
+def midsaves(out):
+    """A checkpoint after every step (checkpoint_every of a microsecond):
+    what each save writes must be the parameters of the step just taken,
+    wherever the alternating steps left them.  Rank 0 records them."""
+    import datetime
+
+    X, y, _ = data(30)
+    part = shard_rows(30, rank, size)
+    m = model()
+    saved = []
+    real_save = m.save
+
+    def save_and_record(path, include_optimizer=False):
+        saved.append(m.flat_params.copy())
+        real_save(path, include_optimizer=include_optimizer)
+
+    m.save = save_and_record
+    m.fit(X[part], y[part], epochs=2, batch_size=4, optimizer=fb.Adam(lr=0.01),
+          shuffle=False, checkpoint=os.path.join(out, "midsaves.npz"),
+          checkpoint_every=datetime.timedelta(microseconds=1), comm=comm)
+    np.savez(os.path.join(out, f"midsaves_saved.rank{rank}.npz"),
+             saved=np.array(saved if saved else np.zeros((0, m.n_params))))
+    save(out, "midsaves", m)
+
+
 SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, multilabel, shuffled, checkpoint,
                                        resume, diverge, diverge_update, diverge_state,
-                                       bad_input)}
+                                       bad_input, midsaves)}
 
 if __name__ == "__main__":
     from mpi4py import MPI

@@ -1,7 +1,8 @@
 """The data-parallel step's second half, ``_kernels.distributed.finish_step``,
 in one process: against a plain NumPy reference of the scaling, the L2 term
-and both optimizers, and its refusals (nothing written) when a value late in
-the buffer is bad, across the chunks of its fused scale-and-check pass."""
+and both optimizers, its statuses when a value late in the buffer is bad
+(across the chunks of its one pass), and that it only reads the parameters
+and state it is given (the new values go to the second buffers)."""
 
 import itertools
 
@@ -63,8 +64,16 @@ def make(dtype, rng):
 
 
 def call(params, gbuf, s1, s2, opt, alpha, step):
-    return dk.finish_step(params, gbuf, np.array(WIDTHS, dtype=np.int64), alpha, opt.kind,
-                          opt.hyperparameters(), s1, s2, step)
+    """finish_step with fresh second buffers (NaN where nothing is written);
+    checks that params, s1 and s2 are only read.  Returns (status, loss,
+    step, (new params, new s1, new s2))."""
+    before = params.copy(), s1.copy(), s2.copy()
+    nxt = tuple(np.full(P, np.nan, dtype=params.dtype) for _ in range(3))
+    status, loss, step = dk.finish_step(params, gbuf, np.array(WIDTHS, dtype=np.int64), alpha,
+                                        opt.kind, opt.hyperparameters(), s1, s2, step, *nxt)
+    for a, b in zip((params, s1, s2), before, strict=True):
+        assert np.array_equal(a, b)
+    return status, loss, step, nxt
 
 
 OPTS = [fb.SGD(lr=0.05, momentum=0.9), fb.Adam(lr=0.01)]
@@ -77,28 +86,25 @@ def test_against_numpy(dtype, opt, alpha):
     rng = np.random.default_rng(3)
     params, gbuf, s1, s2 = make(dtype, rng)
     want = reference(params, gbuf[:P], s1, s2, opt, alpha, 48.0, 30.0, 4)
-    status, loss, step = call(params, gbuf, s1, s2, opt, alpha, 4)
+    status, loss, step, (pn, s1n, s2n) = call(params, gbuf, s1, s2, opt, alpha, 4)
     assert (status, step) == (0, 5)
-    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(params, want[0], **tol)
-    np.testing.assert_allclose(s1, want[1], **tol)
+    tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-13}
+    np.testing.assert_allclose(pn, want[0], **tol)
+    np.testing.assert_allclose(s1n, want[1], **tol)
     if isinstance(opt, fb.Adam):
-        np.testing.assert_allclose(s2, want[2], **tol)
+        np.testing.assert_allclose(s2n, want[2], **tol)
     np.testing.assert_allclose(loss, want[3], rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("opt", OPTS, ids=["sgd", "adam"])
 @pytest.mark.parametrize("where", [0, dk.CHUNK - 1, dk.CHUNK, P - 1])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_bad_gradient_anywhere_writes_nothing(opt, where, value):
+def test_bad_gradient_anywhere_is_refused(opt, where, value):
     rng = np.random.default_rng(4)
     params, gbuf, s1, s2 = make(np.float32, rng)
     gbuf[where] = value
-    before = params.copy(), s1.copy(), s2.copy()
-    status, _, step = call(params, gbuf, s1, s2, opt, 0.1, 7)
+    status, _, step, _ = call(params, gbuf, s1, s2, opt, 0.1, 7)
     assert (status, step) == (2, 7)
-    for a, b in zip((params, s1, s2), before, strict=True):
-        assert np.array_equal(a, b)
 
 
 def test_bad_gradient_after_a_bad_update_is_reported_as_gradient():
@@ -110,24 +116,31 @@ def test_bad_gradient_after_a_bad_update_is_reported_as_gradient():
     params, gbuf, s1, s2 = make(np.float32, rng)
     params[1] = np.finfo(np.float32).max  # p - lr * v overflows with v < 0 huge
     s1[1] = -np.finfo(np.float32).max
-    before = params.copy(), s1.copy()
-    status, _, _ = call(params, gbuf, s1, s2, opt, 0.0, 3)
-    assert status == 3  # alone: a bad update
-    assert np.array_equal(params, before[0]) and np.array_equal(s1, before[1])
+    assert call(params, gbuf, s1, s2, opt, 0.0, 3)[0] == 3  # alone: a bad update
     gbuf[P - 2] = np.nan
-    status, _, _ = call(params, gbuf, s1, s2, opt, 0.0, 3)
-    assert status == 2
-    assert np.array_equal(params, before[0]) and np.array_equal(s1, before[1])
+    assert call(params, gbuf, s1, s2, opt, 0.0, 3)[0] == 2
 
 
 def test_overflowing_l2_term_refuses_the_step():
     """sum(W**2) overflows float32 while every update is finite: status 1
-    (a non-finite loss), nothing written."""
+    (a non-finite loss)."""
     rng = np.random.default_rng(6)
     opt = fb.SGD(lr=1e-3, momentum=0.0)
     params, gbuf, s1, s2 = make(np.float32, rng)
     params[:5] = 3e19  # squares overflow float32
-    before = params.copy()
-    status, loss, _ = call(params, gbuf, s1, s2, opt, 1e-30, 0)
+    status, loss, _, (pn, _, _) = call(params, gbuf, s1, s2, opt, 1e-30, 0)
     assert status == 1 and not np.isfinite(loss)
-    assert np.array_equal(params, before)
+    assert np.isfinite(pn).all()  # every update finite: only the loss refuses
+
+
+def test_sgd_without_momentum_writes_no_state():
+    """Plain SGD keeps no momentum: its new state buffer is not written (the
+    epoch adopts no state for it, optim.adopt_update)."""
+    rng = np.random.default_rng(7)
+    opt = fb.SGD(lr=0.1, momentum=0.0)
+    params, gbuf, s1, s2 = make(np.float64, rng)
+    want = params - 0.1 * (gbuf[:P] / 48.0)
+    status, _, _, (pn, s1n, s2n) = call(params, gbuf, s1, s2, opt, 0.0, 0)
+    assert status == 0
+    np.testing.assert_allclose(pn, want, rtol=1e-12)
+    assert np.isnan(s1n).all() and np.isnan(s2n).all()

@@ -165,6 +165,27 @@ def test_checkpoint_resumes_on_another_rank_count(runs):
     np.testing.assert_allclose(params, m.flat_params, rtol=RTOL, atol=1e-12)
 
 
+def test_every_checkpoint_holds_the_step_just_taken(runs):
+    """The steps alternate between two sets of buffers; a checkpoint taken
+    after any step, odd or even, holds that step's parameters (checked
+    against one process on the union batches, step by step)."""
+    with np.load(runs[2] / "midsaves_saved.rank0.npz") as f:
+        saved = f["saved"]
+    X, y, _ = w.data(30)
+    m = fb.MLP([6, 7, 5, 3], activation="tanh", dtype="float64", seed=3)
+    opt = fb.Adam(lr=0.01)
+    want = []
+    for _ in range(2):
+        steps = list(union_batches(X, y, None, 2, 4))
+        for t, (xb, yb, _) in enumerate(steps):
+            m.train_on_batch(xb, yb, optimizer=opt)
+            # mid-epoch saves after every step but the epoch's last; one at its end
+            want.append(m.flat_params.copy())
+    assert len(saved) == len(want) == 8
+    for k, (got, ref) in enumerate(zip(saved, want, strict=True)):
+        np.testing.assert_allclose(got, ref, rtol=RTOL, atol=1e-12, err_msg=f"save {k + 1}")
+
+
 def test_divergence_on_one_rank_stops_every_rank(runs):
     """Rank 1's second batch overflows: both ranks raise the same error at
     epoch 1, step 2, with the parameters after step 1."""

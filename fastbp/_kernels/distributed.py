@@ -15,8 +15,8 @@ ranks' gradients and totals:
 ``local_sums`` writes *unnormalised* sums (row weights are the raw sample
 weights, or 1), so summing over ranks gives the union batch's sums;
 ``finish_step`` divides by the global weight total, adds the L2 term and
-applies the optimizer update unless it is not finite (checked before
-anything is written), on every rank alike.
+computes the optimizer update into second buffers, adopted only when every
+new value is finite, on every rank alike.
 """
 
 import numpy as np
@@ -24,7 +24,7 @@ from numba import njit
 
 from .config import JIT, JIT_INLINE
 from .network import XENT_LABELS, backward, forward, output_loss, view2d
-from .optim import BAD_GRADIENT, UPDATE_OK, apply_update, check_update
+from .optim import BAD_GRADIENT, UPDATE_OK, fused_update
 
 WEIGHT = 0
 ROWS = 1
@@ -90,9 +90,9 @@ def local_sums(
     gbuf[P + FAILED] = t(0)
 
 
-#: elements per chunk of ``finish_step``'s first pass: the chunk of the
-#: gradient, the parameters and the state (4 x 16 KiB in float32) is still
-#: in the core's cache when the check reads what the scaling wrote
+#: elements per chunk of ``finish_step``'s pass: the chunk of the gradient,
+#: the parameters and the state (4 x 16 KiB in float32) is still in the
+#: core's cache when the update reads what the scaling wrote
 CHUNK = 4096
 
 
@@ -115,26 +115,25 @@ def scale_chunk(params, g, lo, hi, alpha, inv, reg, l2):
 
 
 @njit(**JIT)
-def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
-    """After the all-reduce: scale, regularise, check and update.
+def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, p_next, s1_next,
+                s2_next):
+    """After the all-reduce: scale, regularise, check and update, in one
+    pass over the parameters.
 
     ``gbuf`` holds the summed gradients and totals (see the module).  With S
     the summed weight total, the gradient becomes ``g / S + alpha / S * W``
     (the L2 term on weights, not biases, scikit-learn's scaling) and the
-    optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) updates
-    ``params``, unless ``optim.check_update`` (the update's own arithmetic,
-    computed without writing) finds that a parameter or state value would
-    not be finite: then nothing is written, as in ``network.train_step``.
+    optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) computes
+    the new parameters and state into p_next, s1_next, s2_next
+    (``optim.fused_update``, which also tells whether every new value is
+    finite); params, s1 and s2 are only read.  The scaling and the update go
+    chunk by chunk (``CHUNK``), each chunk updated while in cache.
 
-    Two passes over the parameters: the scaling and the check chunk by
-    chunk (``CHUNK``), each chunk checked while in cache, then the update.
-    (The update cannot join the first pass: a bad value in a later chunk
-    must leave every parameter unchanged, and the parameters stay the
-    model's own buffer between the Python-level steps of an epoch.)
-
-    Returns (status, batch_loss, step): status 0 success, 1 non-finite loss
-    (or a zero weight total), 2 non-finite gradient, 3 non-finite update;
-    on a non-zero status params, s1 and s2 are unchanged.  batch_loss is
+    Returns (status, batch_loss, step): status 0 success, and the caller
+    adopts the second buffers (as ``network.train_epoch`` alternates
+    them); 1 non-finite loss (or a zero weight total), 2 non-finite
+    gradient, 3 non-finite update: the second buffers are then to be
+    dropped, and params, s1, s2 hold the last good values.  batch_loss is
     the weighted mean loss plus the L2 term.
     """
     P = params.size
@@ -161,9 +160,11 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
                              l2)
             if worst != BAD_GRADIENT:
                 # a non-finite gradient element stays non-finite after the
-                # scaling; BAD_GRADIENT anywhere wins over BAD_UPDATE
-                status = check_update(opt_kind, params[lo:hi], g[lo:hi], s1[lo:hi], s2[lo:hi],
-                                      hp, step + 1)
+                # scaling; BAD_GRADIENT anywhere wins over BAD_UPDATE (and
+                # after it the update is not worth computing)
+                status = fused_update(opt_kind, params[lo:hi], g[lo:hi], s1[lo:hi],
+                                      s2[lo:hi], hp, step + 1, p_next[lo:hi],
+                                      s1_next[lo:hi], s2_next[lo:hi])
                 if status != UPDATE_OK:
                     worst = status
             lo = hi
@@ -173,5 +174,4 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step):
         return 1, batch_loss, step
     if worst != UPDATE_OK:
         return worst, batch_loss, step
-    apply_update(opt_kind, params, g, s1, s2, hp, step + 1)
     return 0, batch_loss, step + 1
