@@ -1,12 +1,20 @@
 """Issue 17's first step, measured and not kept: a register-tiled small GEMM
 against OpenBLAS, product by product.
 
-Times ``C = op(A) @ op(B)`` from compiled loops (no Python per call) for
-the register tiles below (``small_gemm``) and for OpenBLAS as the
-kernels call it (``_kernels.blas.gemm``), interleaved round by round, and
-prints GFLOP/s (medians) and the ratio of times: the data behind the
-crossover ``use_tiles`` would need.  The shapes are those of the products
-of a training step: NN (forward X @ W), TN (dW = H^T dA), NT (dH = dA W^T).
+``small_gemm`` below computes C = op(A) @ op(B) from one register tile
+written as LLVM vector IR (``tile``): an MR x (NV * V) block of C held in
+MR * NV vector accumulators over the k products, each a broadcast element
+of A times a vector row of B (``llvm.fma``); B's partial and transposed
+panels and A's last rows are copied into zero-padded tiles.  fastbp does
+not use it: on Zen 3 (AVX2) it matched OpenBLAS on the large products of
+tiny networks and lost on the narrow ones (docs/performance.md, "Issue 17:
+a register tile, measured").
+
+This script times it from compiled loops (no Python per call) against
+OpenBLAS as the kernels call it (``_kernels.blas.gemm``), interleaved round
+by round, after checking it against NumPy, and prints GFLOP/s (medians)
+and the ratio of times.  The shapes are those of the products of a training
+step: NN (forward X @ W), TN (dW = H^T dA), NT (dH = dA W^T).
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/small_gemm.py [--rounds 7]
         [--dtype float32] [--shapes "NN:32x128x64,TN:64x128x32"]
@@ -27,7 +35,6 @@ from fastbp._kernels.config import JIT
 
 # compiled per run (a benchmark script, not a kernel of the package)
 JIT = dict(JIT, cache=False)
-JIT_INLINE = dict(JIT, inline="always")
 
 NO_TRANS = 111  # CBLAS's values, as blas.py
 TRANS = 112
@@ -131,14 +138,6 @@ def raw_vector(typingctx, addr, n, zero):
         return out._getvalue()
 
     return ret(addr, n, zero), codegen
-
-
-@njit(**JIT_INLINE)
-def use_tiles(m, n, k, itemsize):
-    """Whether ``small_gemm`` is used for an (m, n, k) product: chosen by size
-    from measurements (docs/performance.md, "Issue 17": the crossover)."""
-    nr = TILE_VECTORS * (VECTOR_BYTES // itemsize)
-    return m >= TILE_ROWS and n >= nr and k >= 16 and m * n * k <= 1 << 20
 
 
 @njit(**JIT)
@@ -246,7 +245,7 @@ def main():
     dt = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     print(f"tile {TILE_ROWS} x {TILE_VECTORS} vectors of {VECTOR_BYTES} bytes, {args.dtype}")
-    print(f"{'product':<18}{'tiles GF':>10}{'blas GF':>10}{'tiles/blas':>12}  use_tiles")
+    print(f"{'product':<18}{'tiles GF':>10}{'blas GF':>10}{'tiles/blas':>12}")
     for ta, tb, m, n, k, kind in parse(args.shapes):
         A = rng.standard_normal((m, k) if ta == NO_TRANS else (k, m)).astype(dt)
         B = rng.standard_normal((k, n) if tb == NO_TRANS else (n, k)).astype(dt)
@@ -270,8 +269,7 @@ def main():
         med = {key: float(np.median(v)) for key, v in times.items()}
         gf = {key: 2.0 * m * n * k / v / 1e9 for key, v in med.items()}
         print(f"{kind} {m}x{n}x{k:<10}{gf['tiles']:>8.1f}{gf['blas']:>10.1f}"
-              f"{med['tiles'] / med['blas']:>12.2f}  {use_tiles(m, n, k, dt.itemsize)}",
-              flush=True)
+              f"{med['tiles'] / med['blas']:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":
