@@ -33,6 +33,13 @@ SKIPPED = {
         "reads scikit-learn's private _optimizer.learning_rate; the same rule is "
         "tested on model_.optimizer.lr in test_sklearn.py::"
         "test_adaptive_learning_rate_goes_below_1e_6"),
+    "test_mlp_regressor_dtypes_casting": (
+        "asks float32 and float64 predictions to agree to 5e-4 relative with no "
+        "absolute tolerance, so a prediction near 0 fails on float32 rounding alone: "
+        "on an AVX-512 machine one lands at 1.4e-4, 1.9e-7 off (scikit-learn's own "
+        "estimator is up to 5.5e-6 off on the same test); the same agreement is "
+        "tested with a rounding-scale absolute term in test_sklearn.py::"
+        "test_regressor_float32_predictions_match_float64"),
 }
 
 _IMPORT = re.compile(r"^from sklearn\.neural_network import (.+)$", re.MULTILINE)
