@@ -106,14 +106,34 @@ NO_GUARD = _NoGuard()
 PARALLEL_MIN_FLOPS = 2e6
 
 
-def step_threads(flops=float("inf")):
-    """(threads a training step of ``flops`` product flops uses, the BLAS
-    guard to hold around it)."""
+#: a step is split between threads only while what its threads pack for
+#: OpenBLAS, each on its own, stays below this many times the parameters:
+#: ``nt * packed < SPLIT_MAX_PACKED * params`` (see ``step_threads``).
+#: Fitted to 17 shapes on 2 threads (docs/performance.md, "Split step or
+#: OpenBLAS's threads"): it chose the faster arrangement for all but one, which
+#: it missed by 3.8 %.
+SPLIT_MAX_PACKED = 3.0
+
+
+def step_threads(flops=float("inf"), packed=0.0, params=float("inf")):
+    """(threads a training step uses, the BLAS guard to hold around it).
+
+    ``flops``: product flops of the step (6 m sum(d_in d_out));
+    ``packed``: m sum(d_in + 2 d_out), the operands each thread of a split
+    step packs for OpenBLAS on its own (its whole h of the forward products,
+    its whole dA of the backward ones); ``params``: the parameters the step
+    updates.  More than one thread (the step split by blocks of columns,
+    each calling OpenBLAS single-threaded) pays for its threads' repeated
+    packing; one (OpenBLAS's own threads for the products, which pack
+    once) leaves the update, gather and element-wise passes on one thread.
+    The first wins while the update outweighs the packing: by measurement,
+    while ``nt * packed < SPLIT_MAX_PACKED * params`` (at 784-256-128-10, up
+    to about 180 rows a batch on 2 threads)."""
     if flops < 2 * PARALLEL_MIN_FLOPS:
         # too small for any split; and numba.get_num_threads() costs ~2 us,
         # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5)
         return 1, NO_GUARD
     nt = numba.get_num_threads()
-    if nt > 1 and flops < PARALLEL_MIN_FLOPS * nt:
+    if nt > 1 and (flops < PARALLEL_MIN_FLOPS * nt or nt * packed >= SPLIT_MAX_PACKED * params):
         nt = 1
     return nt, (BLAS_SINGLE if nt > 1 else NO_GUARD)

@@ -125,8 +125,8 @@ class _BatchCall:
     ``Optimizer._cached_state``, which change nothing) and the workspace,
     as slices of train_epoch's arguments."""
 
-    __slots__ = ("cap", "ck", "flops_per_row", "hp", "model_args", "opt", "opt_args",
-                 "order", "scratch", "state", "ws", "ws_args")
+    __slots__ = ("cap", "ck", "flops_per_row", "hp", "model_args", "n_params", "opt",
+                 "opt_args", "order", "pack_per_row", "scratch", "state", "ws", "ws_args")
 
     def __init__(self, model, ck, opt, hp, ws):
         self.ck, self.opt, self.hp, self.ws = ck, opt, hp, ws
@@ -134,6 +134,8 @@ class _BatchCall:
         self.cap = ws["order"].size
         self.order = ws["order"]
         self.flops_per_row = ws["flops_per_row"]
+        self.pack_per_row = ws["pack_per_row"]
+        self.n_params = model._params.size
         self.scratch = ws["scratch"]
         self.model_args = (model._params, model._grads, ck.w, ck.c)
         self.opt_args = (ck.alpha, opt.kind, hp) + tuple(self.state)
@@ -493,8 +495,10 @@ class MLP:
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 # the step's per-thread L2 sums and update severities
                 "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
-                # product flops of a step per batch row (_threads.step_threads)
+                # product flops of a step per batch row, and what each thread
+                # of a split step packs per batch row (_threads.step_threads)
                 "flops_per_row": 6.0 * sum(a * b for a, b in itertools.pairwise(w)),
+                "pack_per_row": float(sum(a + 2 * b for a, b in itertools.pairwise(w))),
                 # rows in order: train_on_batch is an epoch of one batch
                 "order": np.arange(cap),
             }
@@ -773,7 +777,9 @@ class MLP:
         BAD_LABEL), for callers that did not."""
         s1, s2 = opt.state_
         rows = perm.size if rows is None else rows
-        nt, guard = step_threads(min(batch_size, rows) * ws["flops_per_row"])
+        m = min(batch_size, rows)
+        nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
+                                 self._params.size)
         with guard:
             return _r.call_committing(_net.train_epoch, (
                 X, y_int, y_f, sw, perm, batch_size,
@@ -861,7 +867,7 @@ class MLP:
             except (TypeError, ValueError):
                 self._check_X(X, ck=ck)  # the checked path reports a bad X first
                 raise
-        nt, guard = step_threads(n * fast.flops_per_row)
+        nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row, fast.n_params)
         args = ((X, y_int, y_f, ck.no_weights, fast.order[:n], n) + fast.model_args
                 + (kind,) + fast.opt_args + (opt.step_,) + fast.ws_args
                 + (nt, fast.scratch, 0.0, True))

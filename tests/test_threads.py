@@ -16,10 +16,16 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                                 reason="needs a Numba thread pool of 2 or more")
 
 
+#: the rule's constant as shipped (the fixture below lifts it for every test)
+SHIPPED_SPLIT_MAX_PACKED = fb._threads.SPLIT_MAX_PACKED
+
+
 @pytest.fixture(autouse=True)
 def _always_split(monkeypatch):
     # these networks are small enough that the step would run on one thread
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
+    # and their updates too small against their batches' packing for a split
+    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", float("inf"))
 
 # widths whose blocks are uneven (not multiples of 16) and wide enough that
 # the forward products are split too (>= 32 columns per thread)
@@ -109,6 +115,31 @@ def test_small_steps_stay_on_one_thread(monkeypatch):
     numba.set_num_threads(2)
     assert fb._threads.step_threads(3e6)[0] == 1
     assert fb._threads.step_threads(5e6)[0] == 2
+
+
+def test_large_batches_leave_the_products_to_blas_threads(monkeypatch):
+    """A split step's threads each pack their whole h and dA for OpenBLAS;
+    past SPLIT_MAX_PACKED times the parameters (nt = 2: 180 rows at
+    784-256-128-10) the step runs on one thread with OpenBLAS's own threads
+    (no guard), as measured faster (docs/performance.md)."""
+    from fastbp._threads import NO_GUARD, step_threads
+
+    monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
+    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", SHIPPED_SPLIT_MAX_PACKED)
+    model = fb.MLP([784, 256, 128, 10], dtype="float32", seed=0)
+    ws = model._workspace(256, "X")
+    assert ws["pack_per_row"] == (784 + 512) + (256 + 256) + (128 + 20)
+    params = model.n_params
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        for m, want in ((64, 2), (128, 2), (180, 2), (181, 1), (256, 1), (512, 1)):
+            nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"], params)
+            assert nt == want, m
+            assert (guard is NO_GUARD) == (want == 1)
+        assert 2 * 180 * ws["pack_per_row"] < SHIPPED_SPLIT_MAX_PACKED * params
+    finally:
+        numba.set_num_threads(old)
 
 
 def test_blas_threads_are_restored():
