@@ -109,9 +109,10 @@ PARALLEL_MIN_FLOPS = 2e6
 #: a step is split between threads only while what its threads pack for
 #: OpenBLAS, each on its own, stays below this many times the parameters:
 #: ``nt * packed < SPLIT_MAX_PACKED * params`` (see ``step_threads``).
-#: Fitted to 17 shapes on 2 threads (docs/performance.md, "Split step or
-#: OpenBLAS's threads"): it chose the faster arrangement for all but one, which
-#: it missed by 3.8 %.
+#: Fitted to 21 shapes and batches on 2 threads (docs/performance.md, "Split
+#: step or OpenBLAS's threads"): it chose the faster arrangement for 19, and
+#: missed the other two by 3.8 % and 0.9 %; it chose right for the 6 measured
+#: after it was fixed.  Not measured beyond 2 threads.
 SPLIT_MAX_PACKED = 3.0
 
 

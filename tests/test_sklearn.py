@@ -381,7 +381,6 @@ def test_regressor_multioutput_float32_and_pickle():
     assert reg1.predict(X).shape == (300,) and reg1.coefs_[0].dtype == np.float64
 
 
-
 @quiet
 def test_regressor_float32_predictions_match_float64():
     """scikit-learn's test_mlp_regressor_dtypes_casting (skipped upstream
@@ -404,6 +403,7 @@ def test_regressor_float32_predictions_match_float64():
     scale = np.abs(pred[np.float64]).max()
     np.testing.assert_allclose(pred[np.float32], pred[np.float64], rtol=5e-4,
                                atol=5e-5 * scale)
+
 
 @quiet
 def test_verbose_prints(capsys):
