@@ -108,33 +108,39 @@ PARALLEL_MIN_FLOPS = 2e6
 
 #: a step is split between threads only while what its threads pack for
 #: OpenBLAS, each on its own, stays below this many times the parameters:
-#: ``nt * packed < SPLIT_MAX_PACKED * params`` (see ``step_threads``).
-#: Fitted to 21 shapes and batches on 2 threads (docs/performance.md, "Split
-#: step or OpenBLAS's threads"): it chose the faster arrangement for 19, and
-#: missed the other two by 3.8 % and 0.9 %; it chose right for the 6 measured
-#: after it was fixed.  Not measured beyond 2 threads.
-SPLIT_MAX_PACKED = 3.0
+#: ``nt * packed < SPLIT_MAX_PACKED[opt_kind] * params`` (see
+#: ``step_threads``), indexed by the optimizer's kind (``_kernels.optim.SGD``,
+#: ``ADAM``): Adam's update reads and writes two state arrays, so its split
+#: pays up to twice the batch.  Fitted on 2 threads (docs/performance.md,
+#: "Split step or OpenBLAS's threads"): SGD with momentum on 21 shapes and
+#: batches, right on 19, the other two missed by 3.8 % and 0.9 %, and right
+#: on the 6 measured after; SGD without momentum right on 4 of 4; Adam on 10,
+#: right on all, and on 5 of the 6 measured after (the miss: 2 %).  Not
+#: measured beyond 2 threads.
+SPLIT_MAX_PACKED = (3.0, 6.0)
 
 
-def step_threads(flops=float("inf"), packed=0.0, params=float("inf")):
+def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0):
     """(threads a training step uses, the BLAS guard to hold around it).
 
     ``flops``: product flops of the step (6 m sum(d_in d_out));
     ``packed``: m sum(d_in + 2 d_out), the operands each thread of a split
     step packs for OpenBLAS on its own (its whole h of the forward products,
     its whole dA of the backward ones); ``params``: the parameters the step
-    updates.  More than one thread (the step split by blocks of columns,
-    each calling OpenBLAS single-threaded) pays for its threads' repeated
-    packing; one (OpenBLAS's own threads for the products, which pack
-    once) leaves the update, gather and element-wise passes on one thread.
-    The first wins while the update outweighs the packing: by measurement,
-    while ``nt * packed < SPLIT_MAX_PACKED * params`` (at 784-256-128-10, up
-    to about 180 rows a batch on 2 threads)."""
+    updates; ``opt_kind``: the optimizer's kernel kind.  More than one
+    thread (the step split by blocks of columns, each calling OpenBLAS
+    single-threaded) pays for its threads' repeated packing; one (OpenBLAS's
+    own threads for the products, which pack once) leaves the update,
+    gather and element-wise passes on one thread.  The first wins while the
+    update outweighs the packing: by measurement, while ``nt * packed <
+    SPLIT_MAX_PACKED[opt_kind] * params`` (at 784-256-128-10 on 2 threads,
+    up to 180 rows a batch with SGD, 360 with Adam)."""
     if flops < 2 * PARALLEL_MIN_FLOPS:
         # too small for any split; and numba.get_num_threads() costs ~2 us,
         # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5)
         return 1, NO_GUARD
     nt = numba.get_num_threads()
-    if nt > 1 and (flops < PARALLEL_MIN_FLOPS * nt or nt * packed >= SPLIT_MAX_PACKED * params):
+    if nt > 1 and (flops < PARALLEL_MIN_FLOPS * nt
+                   or nt * packed >= SPLIT_MAX_PACKED[opt_kind] * params):
         nt = 1
     return nt, (BLAS_SINGLE if nt > 1 else NO_GUARD)

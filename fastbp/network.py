@@ -779,7 +779,7 @@ class MLP:
         rows = perm.size if rows is None else rows
         m = min(batch_size, rows)
         nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
-                                 self._params.size)
+                                 self._params.size, opt.kind)
         with guard:
             return _r.call_committing(_net.train_epoch, (
                 X, y_int, y_f, sw, perm, batch_size,
@@ -867,7 +867,8 @@ class MLP:
             except (TypeError, ValueError):
                 self._check_X(X, ck=ck)  # the checked path reports a bad X first
                 raise
-        nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row, fast.n_params)
+        nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row, fast.n_params,
+                                 opt.kind)
         args = ((X, y_int, y_f, ck.no_weights, fast.order[:n], n) + fast.model_args
                 + (kind,) + fast.opt_args + (opt.step_,) + fast.ws_args
                 + (nt, fast.scratch, 0.0, True))

@@ -25,7 +25,7 @@ def _always_split(monkeypatch):
     # these networks are small enough that the step would run on one thread
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
     # and their updates too small against their batches' packing for a split
-    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", float("inf"))
+    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", (float("inf"), float("inf")))
 
 # widths whose blocks are uneven (not multiples of 16) and wide enough that
 # the forward products are split too (>= 32 columns per thread)
@@ -119,9 +119,11 @@ def test_small_steps_stay_on_one_thread(monkeypatch):
 
 def test_large_batches_leave_the_products_to_blas_threads(monkeypatch):
     """A split step's threads each pack their whole h and dA for OpenBLAS;
-    past SPLIT_MAX_PACKED times the parameters (nt = 2: 180 rows at
-    784-256-128-10) the step runs on one thread with OpenBLAS's own threads
-    (no guard), as measured faster (docs/performance.md)."""
+    past SPLIT_MAX_PACKED times the parameters (nt = 2 at 784-256-128-10:
+    180 rows with SGD, 360 with Adam, whose update costs more) the step runs
+    on one thread with OpenBLAS's own threads (no guard), as measured
+    faster (docs/performance.md)."""
+    from fastbp._kernels.optim import ADAM, SGD
     from fastbp._threads import NO_GUARD, step_threads
 
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
@@ -133,11 +135,14 @@ def test_large_batches_leave_the_products_to_blas_threads(monkeypatch):
     old = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        for m, want in ((64, 2), (128, 2), (180, 2), (181, 1), (256, 1), (512, 1)):
-            nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"], params)
-            assert nt == want, m
-            assert (guard is NO_GUARD) == (want == 1)
-        assert 2 * 180 * ws["pack_per_row"] < SHIPPED_SPLIT_MAX_PACKED * params
+        for kind, last_split in ((SGD, 180), (ADAM, 360)):
+            assert fb.SGD().kind == SGD and fb.Adam().kind == ADAM
+            for m in (64, 128, last_split, last_split + 1, 512):
+                want = 2 if m <= last_split else 1
+                nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
+                                         params, kind)
+                assert nt == want, (kind, m)
+                assert (guard is NO_GUARD) == (want == 1)
     finally:
         numba.set_num_threads(old)
 
