@@ -64,6 +64,10 @@ def worker(clock):
 
                 from fastbp._kernels.network import train_epoch
 
+                try:  # trees with the kernels' records
+                    from fastbp._kernels import records as rec
+                except ImportError:
+                    rec = None
                 args = (X, y_int, y_f, sw, ws["order"][:32], 32, m.flat_params, m._grads,
                         m.widths, m.codes, kind_, m.alpha, opt.kind, hp, s1, s2, opt.step_,
                         ws["xb"], ws["yb_int"], ws["yb_f"], ws["swb"], ws["acts"],
@@ -71,6 +75,11 @@ def worker(clock):
                         ws["s2_next"], numba.get_num_threads(), ws["scratch"], 0.0)
                 if "check_inputs" in train_epoch.py_func.__code__.co_varnames:
                     args += (True,)  # trees after issue 16 item 5
+                if rec is not None:
+                    args = (rec.data(X, y_int, y_f, sw, kind_), ws["order"][:32], 32,
+                            m._net_record(),
+                            rec.optimizer(opt.kind, hp, s1, s2, opt.step_),
+                            rec.workspace(ws), numba.get_num_threads(), 0.0, True)
                 calls[name + " [kernel]"] = (lambda a=args: train_epoch(*a))
             else:
                 args = (m.flat_params, m._grads, m.widths, m.codes, kind_, m.alpha, X, y_int,

@@ -21,14 +21,23 @@ def _has_overload(disp, dtype):
     """True if ``disp`` is compiled in this process, or cached on disk, for a
     signature whose first array argument has ``dtype``."""
     from numba import from_dtype
+    from numba.core.types import BaseTuple
 
     want = from_dtype(np.dtype(dtype))
 
-    def matches(sig):
-        for t in sig:
+    def first_array(types):
+        for t in types:
             if hasattr(t, "dtype") and hasattr(t, "ndim"):
-                return t.dtype == want
-        return False
+                return t
+            if isinstance(t, BaseTuple):  # a record (_kernels/records.py)
+                found = first_array(t)
+                if found is not None:
+                    return found
+        return None
+
+    def matches(sig):
+        t = first_array(sig)
+        return t is not None and t.dtype == want
 
     if any(matches(sig) for sig in disp.overloads):
         return True

@@ -350,6 +350,8 @@ def test_fast_path_is_bit_identical_to_the_checked_path(adam, dtype):
         b = slow.train_on_batch(X, y, optimizer=o_slow)
         assert a == b
     assert sum(taken) >= 5  # most calls did take the fast path
+    # and the last ones called the compiled epoch without its dispatcher
+    assert fast._tob.entry is not None
     np.testing.assert_array_equal(fast.flat_params, slow.flat_params)
     for s, t in zip(o_fast.state_, o_slow.state_):
         np.testing.assert_array_equal(s, t)

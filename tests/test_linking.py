@@ -56,6 +56,26 @@ def test_linked_call_matches_direct_call():
     np.testing.assert_array_equal(d1, d2)
 
 
+def test_entry_point_is_the_dispatchers_compiled_function():
+    # MLP.train_on_batch calls train_epoch's entry point (network._entry_point),
+    # a Numba internal: it must run the same code for the same arguments, and
+    # be None (the dispatcher is called) for arguments it was not compiled for
+    from fastbp.network import _entry_point
+
+    @njit
+    def f(rec, k):
+        a, b = rec
+        return a.sum() * k + b
+
+    args = ((np.arange(3.0), 2.5), 4)
+    assert _entry_point(f, args) is None  # not compiled yet
+    want = f(*args)
+    entry = _entry_point(f, args)
+    assert entry is not None and entry is not f
+    assert entry(*args) == want == 14.5
+    assert _entry_point(f, ((np.arange(3), 2.5), 4)) is None  # other types
+
+
 def test_linked_call_with_other_types_is_a_typing_error():
     linked = linking.linked("losses.row_weights")
 

@@ -70,13 +70,28 @@ def _ro(t, ndim):
     return types.Array(t, ndim, "C", readonly=True)
 
 
+def _network_record(t):
+    # as MLP passes it: widths and codes are read-only arrays (records.py)
+    return types.Tuple((_c(t, 1), _c(t, 1), _ro(_I64, 1), _ro(_I64, 1), _F64))
+
+
+def _batch_record(t):
+    return types.Tuple((_c(t, 2), _c(_I64, 1), _c(t, 2), _c(_F64, 1), _I64))
+
+
+def _optimizer_record(t):
+    return types.Tuple((_I64, _c(_F64, 1), _c(t, 1), _c(t, 1), _I64))
+
+
+def _workspace_record(t):
+    return types.Tuple((_c(t, 1), _c(_I64, 1), _c(t, 1), _c(_F64, 1)) + (_c(t, 1),) * 8)
+
+
 def _train_step_args(t):
-    # as MLP.train_on_batch passes them, so that fit and train_on_batch
-    # share one compiled step: widths and codes are read-only arrays
-    return (_c(t, 1), _c(t, 1), _ro(_I64, 1), _ro(_I64, 1), _I64, _F64, _c(t, 2),
-            _c(_I64, 1), _c(t, 2), _c(_F64, 1), _I64, _c(_F64, 1), _c(t, 1), _c(t, 1),
-            _I64, _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _c(t, 1), _I64,
-            _c(t, 1))
+    # the records of records.py, as fit and MLP.train_on_batch pass them, so
+    # that both share one compiled step
+    return (_network_record(t), _batch_record(t), _optimizer_record(t), _workspace_record(t),
+            _I64)
 
 
 def _forward_block_args(t):
@@ -281,4 +296,9 @@ def _same(actual, wanted):
     actual = types.unliteral(actual)
     if isinstance(actual, types.Array) and isinstance(wanted, types.Array):
         return actual.copy(readonly=False) == wanted.copy(readonly=False)
+    if isinstance(actual, types.BaseTuple) and isinstance(wanted, types.BaseTuple):
+        # a record (records.py): field by field (a tuple's data model is
+        # that of its fields)
+        return len(actual) == len(wanted) and all(
+            _same(a, w) for a, w in zip(actual, wanted, strict=True))
     return actual == wanted

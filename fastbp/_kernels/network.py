@@ -495,15 +495,12 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
 
 
 @njit(**JIT)
-def train_step(
-    params, grads, widths, codes, loss_kind, alpha, x, y_int, y_f, sw,
-    opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt,
-    scratch,
-):
-    """One step on the contiguous batch x: forward, loss, backward and the
-    optimizer update (state s1, s2; ``step`` updates so far), written into
-    p_next, s1_next, s2_next (``optim.fused_update``); params, s1 and s2 are
-    only read.
+def train_step(net, batch, opt, ws, nt):
+    """One step on the contiguous batch: forward, loss, backward and the
+    optimizer update, written into the workspace's p_next, s1_next, s2_next
+    (``optim.fused_update``); the parameters and the optimizer's state are
+    only read.  The records ``net``, ``batch``, ``opt`` and ``ws`` are
+    those of ``records.py``; the workspace's batch buffers are not read.
     Returns (status, loss, n_correct, step): status 0 is success, and the
     caller adopts the new values; 1 is a non-finite loss, 2 a non-finite
     gradient, 3 an update that would make a parameter or optimizer state
@@ -527,6 +524,10 @@ def train_step(
     that block's gradient, and a failed step is undone by not adopting the
     buffer (issue 16).  train_epoch alternates between the two buffers;
     train_on_batch is an epoch of one batch."""
+    params, grads, widths, codes, alpha = net
+    x, y_int, y_f, sw, loss_kind = batch
+    opt_kind, hp, s1, s2, step = opt
+    _, _, _, _, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, scratch = ws
     m = x.shape[0]
     out = forward_blocks(params, widths, codes, x, acts, nt)
     row_weights(m, sw, rw)
@@ -574,18 +575,15 @@ _train_step = linked("network.train_step")
 
 
 @njit(**JIT)
-def train_epoch(
-    X, y_int, y_f, sw, perm, batch_size,
-    params, grads, widths, codes, loss_kind, alpha,
-    opt_kind, hp, s1, s2, step,
-    xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, nt, scratch,
-    loss_sum0, check_inputs,
-):
-    """One pass over the rows ``perm`` of X in minibatches of ``batch_size``.
+def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_inputs):
+    """One pass over the rows ``perm`` of the data in minibatches of
+    ``batch_size``; ``data``, ``net``, ``opt`` and ``ws`` are the records of
+    ``records.py``.
 
-    Each step gathers its rows into the contiguous buffers xb / yb_* / swb,
-    computes loss and gradients, checks them and updates ``params`` in place
-    with the optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far).
+    Each step gathers its rows into the workspace's contiguous buffers xb /
+    yb_* / swb, computes loss and gradients, checks them and updates the
+    parameters with the optimizer (its state s1, s2; ``step`` updates so
+    far).
     Returns (status, batch, loss_sum, n_correct, step): status 0 is success;
     1 means the loss of batch ``batch`` was not finite, 2 that a gradient
     was not and 3 that the update would not be (``train_step``); that
@@ -594,10 +592,10 @@ def train_epoch(
     batch_loss * batch_rows, added in batch order: an epoch cut into
     consecutive calls, each given the sum so far, adds exactly as one call
     (fastbp._responsive.run_epoch; tests/test_interrupt.py).
-    p_next, s1_next, s2_next: second buffers the size of params; steps
-    alternate between them and (params, s1, s2), and on return params, s1,
-    s2 hold the values of the last good step.  nt, scratch: threads and
-    their scratch values (``train_step``).
+    The workspace's p_next, s1_next, s2_next: second buffers the size of
+    params; steps alternate between them and (params, s1, s2), and on
+    return params, s1, s2 hold the values of the last good step.  nt and the
+    workspace's scratch: threads and their scratch values (``train_step``).
     check_inputs: check each batch as it is gathered, before its step:
     status BAD_X for a non-finite value of X, BAD_LABEL for a label outside
     [0, d_L) (XENT_LABELS).  train_on_batch leaves these checks to the
@@ -605,6 +603,10 @@ def train_epoch(
     calls of ~2 us each; issue 16, item 5); fit checks X and y once, before
     its epochs, and passes False.
     """
+    X, y_int, y_f, sw, loss_kind = data
+    params, grads, widths, codes, alpha = net
+    opt_kind, hp, s1, s2, step = opt
+    xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, scratch = ws
     n = perm.size
     d0 = widths[0]
     dl = widths[widths.size - 1]
@@ -633,9 +635,10 @@ def train_epoch(
             if status != 0:
                 break
         status, loss, c, step = _train_step(
-            p_cur, grads, widths, codes, loss_kind, alpha, xv, yb_int[:m], yf, swv,
-            opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b, rw,
-            p_nxt, s1_nxt, s2_nxt, nt, scratch,
+            (p_cur, grads, widths, codes, alpha), (xv, yb_int[:m], yf, swv, loss_kind),
+            (opt_kind, hp, s1_cur, s2_cur, step),
+            (xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_nxt, s1_nxt, s2_nxt, scratch),
+            nt,
         )
         if status != 0:
             break

@@ -240,24 +240,25 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
 
 
 @njit(**JIT)
-def train_epoch_sparse(
-    data, indices, indptr, y_int, y_f, sw, perm, batch_size,
-    params, grads, widths, codes, loss_kind, alpha,
-    opt_kind, hp, s1, s2, step,
-    bdata, bindices, bindptr, yb_int, yb_f, swb, acts, delta_a, delta_b, rw,
-    p_next, s1_next, s2_next, loss_sum0,
-):
-    """network.train_epoch for X given as CSR rows (data, indices, indptr).
+def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0):
+    """network.train_epoch for X given as CSR rows: ``sdata`` is the sparse
+    data record and ``net``, ``opt``, ``ws`` the other records of
+    ``records.py`` (the workspace's xb and scratch are not read).
 
     Each step gathers its rows ``perm[start:start + m]`` into the CSR batch
-    buffers bdata / bindices (room for the largest batch's entries) and
-    bindptr (batch_size + 1), and its targets as train_epoch does.  Steps
-    alternate between (params, s1, s2) and the second buffers (p_next,
-    s1_next, s2_next) as in train_epoch; on return params, s1, s2 hold the
-    values of the last good step.
+    buffers ``sbatch`` = (bdata, bindices, bindptr): room for the largest
+    batch's entries, and batch_size + 1 row pointers; and its targets as
+    train_epoch does.  Steps alternate between (params, s1, s2) and the
+    second buffers (p_next, s1_next, s2_next) as in train_epoch; on return
+    params, s1, s2 hold the values of the last good step.
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
     train_epoch, plus the loss of the last step taken.
     """
+    data, indices, indptr, y_int, y_f, sw, loss_kind = sdata
+    params, grads, widths, codes, alpha = net
+    opt_kind, hp, s1, s2, step = opt
+    _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, _ = ws
+    bdata, bindices, bindptr = sbatch
     n = perm.size
     dl = widths[widths.size - 1]
     loss_sum = loss_sum0
