@@ -24,6 +24,7 @@ from numba import njit
 
 import fastbp as fb
 from fastbp._kernels import distributed as dk
+from fastbp._kernels import records as rec
 from fastbp._kernels.config import JIT
 from fastbp._kernels.optim import all_finite, apply_update, check_update
 
@@ -175,7 +176,8 @@ for widths in ((64, 128, 10), (784, 256, 128, 10), (1024, 2048, 2048, 10)):
                     elif k == "3pass":
                         st = finish_step_3pass(p, g, w, alpha, kind, hp, s1, s2, 5)
                     else:
-                        st = dk.finish_step(p, g, w, alpha, kind, hp, s1, s2, 5, *second)
+                        st = dk.finish_step(rec.network(p, p[:0], w, w[:0], alpha), g,
+                                            rec.optimizer(kind, hp, s1, s2, 5), tuple(second))
                         assert st[0] == 0
                         bufs[k][0], bufs[k][2], bufs[k][3], second = (
                             second[0], second[1], second[2], [p, s1, s2])

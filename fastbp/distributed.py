@@ -51,6 +51,7 @@ from . import _responsive as _r
 from . import _validation as v
 from ._kernels import distributed as _dk
 from ._kernels import network as _net
+from ._kernels import records as _rec
 from ._kernels.optim import ADAM
 from .network import CLASSIFIER_OUTPUTS
 
@@ -291,6 +292,11 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     # at an epoch's end, on any exception.
     own = (model._params, s1, s2)
     second = (ws["p_next"], ws["s1_next"], ws["s2_next"])
+    # the kernels' records (_kernels/records.py) but the parameters, which
+    # alternate between own and second
+    data = _rec.data(X, y_int, y_f, sw, kind)
+    net_tail = (model._grads, model.widths, model.codes, model.alpha)
+    ws_record = _rec.workspace(ws)
     cur = own
 
     def sync():
@@ -363,10 +369,8 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                     err = None
                     try:
                         if m > 0:
-                            _dk.local_sums(X, y_int, y_f, sw, perm, start, m, cur[0],
-                                           gbuf, model.widths, model.codes, kind,
-                                           ws["xb"], ws["yb_int"], ws["yb_f"], ws["rw"],
-                                           ws["acts"], ws["delta_a"], ws["delta_b"])
+                            _dk.local_sums(data, perm, start, m,
+                                           _rec.network(cur[0], *net_tail), ws_record, gbuf)
                         else:
                             gbuf[:P + _dk.TAIL].fill(0)
                     except Exception as exc:  # noqa: BLE001 - agreed on below
@@ -397,8 +401,8 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                         raise _Agreed(KeyboardInterrupt())
                     nxt = second if cur is own else own
                     status, batch_loss, step = _dk.finish_step(
-                        cur[0], gbuf, model.widths, model.alpha, opt.kind, hp, cur[1],
-                        cur[2], step, nxt[0], nxt[1], nxt[2])
+                        _rec.network(cur[0], *net_tail), gbuf,
+                        _rec.optimizer(opt.kind, hp, cur[1], cur[2], step), nxt)
                     if status != 0:
                         raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
                     cur = nxt

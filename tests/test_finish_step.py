@@ -11,6 +11,7 @@ import pytest
 
 import fastbp as fb
 from fastbp._kernels import distributed as dk
+from fastbp._kernels import records as rec
 
 # widths whose buffer spans several chunks, with layer and weight/bias
 # boundaries inside chunks and a last chunk shorter than the others
@@ -69,8 +70,10 @@ def call(params, gbuf, s1, s2, opt, alpha, step):
     step, (new params, new s1, new s2))."""
     before = params.copy(), s1.copy(), s2.copy()
     nxt = tuple(np.full(P, np.nan, dtype=params.dtype) for _ in range(3))
-    status, loss, step = dk.finish_step(params, gbuf, np.array(WIDTHS, dtype=np.int64), alpha,
-                                        opt.kind, opt.hyperparameters(), s1, s2, step, *nxt)
+    widths = np.array(WIDTHS, dtype=np.int64)
+    net = rec.network(params, np.empty(0, params.dtype), widths, widths[:0], alpha)
+    status, loss, step = dk.finish_step(
+        net, gbuf, rec.optimizer(opt.kind, opt.hyperparameters(), s1, s2, step), nxt)
     for a, b in zip((params, s1, s2), before, strict=True):
         assert np.array_equal(a, b)
     return status, loss, step, nxt

@@ -35,20 +35,23 @@ TAIL = 5
 
 
 @njit(**JIT)
-def local_sums(
-    X, y_int, y_f, sw, perm, start, m, params, gbuf, widths, codes, loss_kind,
-    xb, yb_int, yb_f, rw, acts, delta_a, delta_b,
-):
-    """Gradient sum of the rows ``perm[start:start + m]`` of X into ``gbuf``.
+def local_sums(data, perm, start, m, net, ws, gbuf):
+    """Gradient sum of the rows ``perm[start:start + m]`` of the data into
+    ``gbuf``; ``data``, ``net`` and ``ws`` are the records of
+    ``records.py`` (the network's grads and alpha, and the workspace's swb,
+    second buffers and scratch are not read).
 
-    Gathers the rows into xb / yb_int / yb_f, runs forward and the loss with
-    row weights ``rw[:m]`` = the rows' sample weights (``sw``, or 1 when sw is
-    empty), and backward without the L2 term, so ``gbuf[:P]`` receives
-    ``sum_i w_i dloss_i/dparams``.  Writes the totals into the tail (FAILED
+    Gathers the rows into the workspace's xb / yb_int / yb_f, runs forward
+    and the loss with row weights ``rw[:m]`` = the rows' sample weights
+    (``sw``, or 1 when sw is empty), and backward without the L2 term, so
+    ``gbuf[:P]`` receives ``sum_i w_i dloss_i/dparams``.  Writes the totals into the tail (FAILED
     set to 0).  When the loss is not finite the backward pass is skipped
     (the gradient part is then stale; the non-finite loss in the tail makes
     ``finish_step`` refuse the step).  Requires m >= 1.
     """
+    X, y_int, y_f, sw, loss_kind = data
+    params, _, widths, codes, _ = net
+    xb, yb_int, yb_f, _, acts, delta_a, delta_b, rw, _, _, _, _ = ws
     d0 = widths[0]
     dl = widths[widths.size - 1]
     P = params.size
@@ -115,16 +118,18 @@ def scale_chunk(params, g, lo, hi, alpha, inv, reg, l2):
 
 
 @njit(**JIT)
-def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, p_next, s1_next,
-                s2_next):
+def finish_step(net, gbuf, opt, nxt):
     """After the all-reduce: scale, regularise, check and update, in one
     pass over the parameters.
 
+    ``net`` and ``opt`` are the network and optimizer records of
+    ``records.py`` (the network's grads and codes are not read); ``nxt`` =
+    (p_next, s1_next, s2_next), the second parameter and state buffers.
     ``gbuf`` holds the summed gradients and totals (see the module).  With S
     the summed weight total, the gradient becomes ``g / S + alpha / S * W``
     (the L2 term on weights, not biases, scikit-learn's scaling) and the
-    optimizer ``opt_kind`` (state s1, s2; ``step`` updates so far) computes
-    the new parameters and state into p_next, s1_next, s2_next
+    optimizer (state s1, s2; ``step`` updates so far) computes the new
+    parameters and state into p_next, s1_next, s2_next
     (``optim.fused_update``, which also tells whether every new value is
     finite); params, s1 and s2 are only read.  The scaling and the update go
     chunk by chunk (``CHUNK``), each chunk updated while in cache.
@@ -136,6 +141,9 @@ def finish_step(params, gbuf, widths, alpha, opt_kind, hp, s1, s2, step, p_next,
     dropped, and params, s1, s2 hold the last good values.  batch_loss is
     the weighted mean loss plus the L2 term.
     """
+    params, _, widths, _, alpha = net
+    opt_kind, hp, s1, s2, step = opt
+    p_next, s1_next, s2_next = nxt
     P = params.size
     t = params.dtype.type
     S = gbuf[P + WEIGHT]
