@@ -98,23 +98,29 @@ def _forward_block_args(t):
     return (_c(t, 1), _I64, _I64, _I64, _I64, _c(t, 2), _c(t, 2), _I64, _I64)
 
 
-def _layer_args(t):
-    # params, grads, offset, d_in, d_out, h_in, da, dh, code, alpha, opt_kind,
-    # hp, s1, s2, step, p_next, s1_next, s2_next
-    return (_c(t, 1), _c(t, 1), _I64, _I64, _I64, _c(t, 2), _c(t, 2), _c(t, 2), _I64, _F64,
-            _I64, _c(_F64, 1), _c(t, 1), _c(t, 1), _I64, _c(t, 1), _c(t, 1), _c(t, 1))
+def _layer_record(t):
+    # params, grads, offset, d_in, d_out, h_in, da, dh, code, alpha
+    # (network.backward_block)
+    return types.Tuple((_c(t, 1), _c(t, 1), _I64, _I64, _I64, _c(t, 2), _c(t, 2), _c(t, 2),
+                        _I64, _F64))
+
+
+def _next_buffers(t):
+    # p_next, s1_next, s2_next
+    return types.UniTuple(_c(t, 1), 3)
 
 
 def _backward_block_args(t):
-    return (_I64, _I64, *_layer_args(t), _c(t, 1))
+    return (_I64, _I64, _layer_record(t), _optimizer_record(t), _next_buffers(t), _c(t, 1))
 
 
 def _layer_par_args(t):
-    return (_I64, *_layer_args(t), _I64, _c(t, 1), _c(_I64, 1))
+    return (_I64, _layer_record(t), _optimizer_record(t), _next_buffers(t), _I64, _c(t, 1),
+            _c(_I64, 1))
 
 
 def _update_block_args(t):
-    return (_I64, _I64, _I64, _c(_F64, 1), _I64) + (_c(t, 1),) * 7
+    return (_I64, _I64, _c(t, 1), _c(t, 1), _optimizer_record(t), _next_buffers(t))
 
 
 def _loss_and_correct(t):

@@ -302,8 +302,11 @@ def forward_blocks(params, widths, codes, x, acts, nt):
         if nt == 1 or d_out < MIN_COLS_PER_THREAD * nt:
             _forward_block(params, p_off, d_in, d_out, codes[k], h, out, 0, d_out)
         else:
-            _layer_par(FORWARD, params, params, p_off, d_in, d_out, h, out, out, codes[k], 0.0,
-                       0, _NO_HP, params, params, 0, params, params, params, nt, params,
+            # (the forward blocks read only the layer record's params, offset,
+            # widths, code, h and out; the optimizer and update records are
+            # placeholders of the right types)
+            _layer_par(FORWARD, (params, params, p_off, d_in, d_out, h, out, out, codes[k], 0.0),
+                       (0, _NO_HP, params, params, 0), (params, params, params), nt, params,
                        _NO_ROWS)
         h = out
         p_off += d_in * d_out + d_out
@@ -312,9 +315,13 @@ def forward_blocks(params, widths, codes, x, acts, nt):
 
 
 @njit(**JIT)
-def update_block(lo, hi, opt_kind, hp, step, params, grads, s1, s2, p_next, s1_next, s2_next):
-    """``fused_update`` of the elements [lo, hi) of the flat buffers; returns
-    its severity: 0 (UPDATE_OK), BAD_UPDATE_SEVERITY or BAD_GRADIENT_SEVERITY."""
+def update_block(lo, hi, params, grads, opt, nxt):
+    """``fused_update`` of the elements [lo, hi) of the flat buffers, with
+    the optimizer record ``opt`` (records.py; its step count is this
+    update's) into ``nxt`` = (p_next, s1_next, s2_next); returns its
+    severity: 0 (UPDATE_OK), BAD_UPDATE_SEVERITY or BAD_GRADIENT_SEVERITY."""
+    opt_kind, hp, s1, s2, step = opt
+    p_next, s1_next, s2_next = nxt
     status = fused_update(opt_kind, params[lo:hi], grads[lo:hi], s1[lo:hi], s2[lo:hi], hp,
                           step, p_next[lo:hi], s1_next[lo:hi], s2_next[lo:hi])
     if status == UPDATE_OK:
@@ -327,11 +334,12 @@ _update_block = linked("network.update_block")
 
 
 @njit(**JIT)
-def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
-                   alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, scratch):
-    """Thread block t of nt of one layer's backward pass and update, with
-    dA of the layer complete in ``da`` (m, d_out); the layer's W (d_in,
-    d_out) is at ``params[w_off]``.  The block owns the rows [r0, r1) of W
+def backward_block(t, nt, layer, opt, nxt, scratch):
+    """Thread block t of nt of one layer's backward pass and update
+    (``update_block``: ``opt``, ``nxt``).  ``layer`` = (params, grads,
+    w_off, d_in, d_out, h_in, da, dh, code_below, alpha): dA of the layer
+    is complete in ``da`` (m, d_out); the layer's W (d_in, d_out) is at
+    ``params[w_off]``.  The block owns the rows [r0, r1) of W
     (``block(d_in)``): it computes dW[r0:r1] = H_in[:, r0:r1]^T dA, adds the
     L2 term alpha / m * W, and updates those parameters into p_next while
     they are in its cache; then, unless this is the input layer (dh has no
@@ -339,6 +347,7 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
     the matching bias gradient and update of the layer below.  Writes the
     block's sum of W**2 to scratch[t] and its update severity to
     scratch[nt + t].  No two blocks write the same memory."""
+    params, grads, w_off, d_in, d_out, h_in, da, dh, code_below, alpha = layer
     m = da.shape[0]
     zero = params.dtype.type(0)
     reg = params.dtype.type(alpha / m)
@@ -356,15 +365,13 @@ def backward_block(t, nt, params, grads, w_off, d_in, d_out, h_in, da, dh, code_
             for i in range(gs.size):
                 gs[i] += reg * ps[i]
                 acc += ps[i] * ps[i]
-        worst = _update_block(lo, hi, opt_kind, hp, step, params, grads, s1, s2, p_next,
-                             s1_next, s2_next)
+        worst = _update_block(lo, hi, params, grads, opt, nxt)
         if dh.shape[0] > 0:
             bp = w_off - d_in  # the bias of the layer below
             gemm(NO_TRANS, TRANS, m, r1 - r0, d_out, da, 0, d_out, params, lo, d_out, dh, r0,
                  d_in)
             delta_cols(dh, h_in, code_below, grads[bp:w_off], r0, r1)
-            worst = max(worst, _update_block(bp + r0, bp + r1, opt_kind, hp, step, params,
-                                            grads, s1, s2, p_next, s1_next, s2_next))
+            worst = max(worst, _update_block(bp + r0, bp + r1, params, grads, opt, nxt))
     scratch[t] = acc
     scratch[nt + t] = params.dtype.type(worst)
 
@@ -400,21 +407,22 @@ _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 @njit(**JIT_PARALLEL)
-def layer_par(which, params, grads, off, d_in, d_out, h_in, da, dh, code, alpha, opt_kind,
-              hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch, rows):
+def layer_par(which, layer, opt, nxt, nt, scratch, rows):
     """The nt thread blocks of one layer in parallel, each calling BLAS
-    single-threaded: ``forward_block`` of its output columns (FORWARD:
-    h_in, W at ``params[off]``, out = ``da``; the arguments after ``code``
-    are not read) or ``backward_block`` (BACKWARD, W at ``params[off]``);
-    or the gather of a batch (GATHER: ``da[r] = h_in[rows[off + r]]`` for
-    the d_in rows r of the batch, d_out values each, a block of rows per
-    thread; the arguments after ``code`` but ``nt`` and ``rows`` are not
-    read).
+    single-threaded.  ``layer`` = (params, grads, off, d_in, d_out, h_in,
+    da, dh, code, alpha) as ``backward_block`` takes it.  FORWARD:
+    ``forward_block`` of its output columns (h_in, W at ``params[off]``,
+    out = ``da``; grads, dh, alpha, opt, nxt and scratch are not read);
+    BACKWARD: ``backward_block`` (W at ``params[off]``); GATHER: the gather
+    of a batch (``da[r] = h_in[rows[off + r]]`` for the d_in rows r of the
+    batch, d_out values each, a block of rows per thread; only off, d_in,
+    h_in, da and rows are read).
 
     One parallel leaf for all three, whose loop body is a call of a serial
     leaf: Numba's parfor passes cost about 1 s of CPU per
     parallel function on a cold compile, and took 5-15 s with the block's
     body or the whole step inside (docs/performance.md)."""
+    params, _, off, d_in, d_out, h_in, da, _, code, _ = layer
     for t in prange(nt):
         # (prange's index is unsigned; the leaves' signatures say int64)
         if which == FORWARD:
@@ -424,9 +432,7 @@ def layer_par(which, params, grads, off, d_in, d_out, h_in, da, dh, code, alpha,
             r0, r1 = block(d_in, nt, np.int64(t))
             _gather_block(h_in, rows, off, r0, r1, da)
         else:
-            _backward_block(np.int64(t), nt, params, grads, off, d_in, d_out, h_in, da, dh,
-                            code, alpha, opt_kind, hp, s1, s2, step, p_next, s1_next,
-                            s2_next, scratch)
+            _backward_block(np.int64(t), nt, layer, opt, nxt, scratch)
 
 
 _backward_block = linked("network.backward_block")
@@ -434,11 +440,12 @@ _layer_par = linked("network.layer_par")
 
 
 @njit(**JIT_INLINE)
-def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b,
-                    opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt, scratch):
-    """``backward`` with the optimizer update fused in, each layer split
-    between nt threads (``backward_block``), after the forward pass and
-    loss (whose output gradient is in delta_a).  Returns (the L2 term of
+def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta_b, opt, nxt,
+                    nt, scratch):
+    """``backward`` with the optimizer update fused in (``update_block``:
+    ``opt``, ``nxt``), each layer split between nt threads
+    (``backward_block``), after the forward pass and loss (whose output
+    gradient is in delta_a).  Returns (the L2 term of
     the loss, the largest severity of the blocks' updates, see
     ``update_block``).  ``scratch``: 2 nt values of the parameters' dtype
     from the workspace (nothing is allocated per step).
@@ -461,8 +468,7 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
     d_last = widths[L]
     delta_in_place(view2d(cur, 0, m, d_last), view2d(acts, a_end - m * d_last, m, d_last),
                    codes[L - 1], grads[p_end - d_last:p_end])
-    worst = _update_block(p_end - d_last, p_end, opt_kind, hp, step, params, grads, s1, s2,
-                         p_next, s1_next, s2_next)
+    worst = _update_block(p_end - d_last, p_end, params, grads, opt, nxt)
     for k in range(L - 1, -1, -1):
         d_in = widths[k]
         d_out = widths[k + 1]
@@ -478,14 +484,11 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
         # dH of the layer below (none below the input layer, whose width may
         # exceed the delta buffers)
         dh = view2d(other, 0, m if k > 0 else 0, d_in)
+        layer = (params, grads, w_off, d_in, d_out, h_in, da, dh, code_below, alpha)
         if nt == 1:
-            _backward_block(0, 1, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
-                           alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next,
-                           scratch)
+            _backward_block(0, 1, layer, opt, nxt, scratch)
         else:
-            _layer_par(BACKWARD, params, grads, w_off, d_in, d_out, h_in, da, dh, code_below,
-                       alpha, opt_kind, hp, s1, s2, step, p_next, s1_next, s2_next, nt,
-                       scratch, _NO_ROWS)
+            _layer_par(BACKWARD, layer, opt, nxt, nt, scratch, _NO_ROWS)
         for t in range(nt):
             l2 += scratch[t]
             worst = max(worst, int(scratch[nt + t]))
@@ -536,8 +539,8 @@ def train_step(net, batch, opt, ws, nt):
     status = 1
     if np.isfinite(loss):
         l2, worst = backward_update(params, grads, widths, codes, l2_alpha(alpha, m, sw), x,
-                                    acts, delta_a, delta_b, opt_kind, hp, s1, s2, step + 1,
-                                    p_next, s1_next, s2_next, nt, scratch)
+                                    acts, delta_a, delta_b, (opt_kind, hp, s1, s2, step + 1),
+                                    (p_next, s1_next, s2_next), nt, scratch)
         loss += l2
         if not np.isfinite(loss):  # the L2 term overflowed
             status = 1
@@ -623,8 +626,9 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
         if nt > 1:  # a split step: the gather on the step's threads too
-            _layer_par(GATHER, p_cur, grads, start, m, d0, X, xv, xv, 0, 0.0, 0, _NO_HP,
-                       s1_cur, s2_cur, 0, p_nxt, s1_nxt, s2_nxt, nt, scratch, perm)
+            _layer_par(GATHER, (p_cur, grads, start, m, d0, X, xv, xv, 0, 0.0),
+                       (0, _NO_HP, s1_cur, s2_cur, 0), (p_nxt, s1_nxt, s2_nxt), nt, scratch,
+                       perm)
         else:  # inline, not the leaf: the one-thread fit compiles no more
             copy_rows(X, perm, start, 0, m, xv)
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
