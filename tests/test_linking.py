@@ -76,6 +76,52 @@ def test_entry_point_is_the_dispatchers_compiled_function():
     assert _entry_point(f, ((np.arange(3), 2.5), 4)) is None  # other types
 
 
+def test_unowned_arrays_view_the_same_memory_without_a_reference():
+    # network.unowned (a Numba internal: the array's meminfo and parent) strips
+    # the reference of an array, or of each array of a record, and nothing else
+    import sys
+
+    from fastbp._kernels.network import unowned
+
+    @njit
+    def write_through(rec, k):
+        a, x, b = unowned(rec)
+        c = unowned(a[1:])  # a view of an unowned array
+        c[0] = x
+        b[k] = a.sum() + c.size
+        return a.size + b.size
+
+    a = np.zeros(4)
+    b = np.zeros(3, np.float32)
+    refs = sys.getrefcount(a), sys.getrefcount(b)
+    for _ in range(100):
+        assert write_through((a, 2.5, b), 2) == 7
+    np.testing.assert_array_equal(a, [0, 2.5, 0, 0])
+    np.testing.assert_array_equal(b, [0, 0, 5.5])
+    assert (sys.getrefcount(a), sys.getrefcount(b)) == refs  # nothing kept or lost
+
+
+def test_training_keeps_no_reference_to_its_arrays():
+    # the step and epoch kernels run on unowned arrays; every reference the
+    # calls take is given back
+    import sys
+
+    import fastbp as fb
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    m = fb.MLP([5, 8, 3], seed=0)
+    m.fit(X, y, epochs=1, batch_size=8)
+    m.train_on_batch(X[:8], y[:8])
+    before = [sys.getrefcount(a) for a in (X, y, m._params, m._grads, *m.optimizer.state_)]
+    m.fit(X, y, epochs=3, batch_size=8)
+    for _ in range(50):
+        m.train_on_batch(X[:8], y[:8])
+    after = [sys.getrefcount(a) for a in (X, y, m._params, m._grads, *m.optimizer.state_)]
+    assert after == before
+
+
 def test_linked_call_with_other_types_is_a_typing_error():
     linked = linking.linked("losses.row_weights")
 

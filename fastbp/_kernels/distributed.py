@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT, JIT_INLINE
-from .network import XENT_LABELS, backward, forward, output_loss, view2d
+from .network import XENT_LABELS, backward, forward, output_loss, unowned, view2d
 from .optim import BAD_GRADIENT, UPDATE_OK, fused_update
 
 WEIGHT = 0
@@ -49,9 +49,11 @@ def local_sums(data, perm, start, m, net, ws, gbuf):
     (the gradient part is then stale; the non-finite loss in the tail makes
     ``finish_step`` refuse the step).  Requires m >= 1.
     """
-    X, y_int, y_f, sw, loss_kind = data
-    params, _, widths, codes, _ = net
-    xb, yb_int, yb_f, _, acts, delta_a, delta_b, rw, _, _, _, _ = ws
+    # without reference counting: network.unowned
+    X, y_int, y_f, sw, loss_kind = unowned(data)
+    params, _, widths, codes, _ = unowned(net)
+    xb, yb_int, yb_f, _, acts, delta_a, delta_b, rw, _, _, _, _ = unowned(ws)
+    perm, gbuf = unowned(perm), unowned(gbuf)
     d0 = widths[0]
     dl = widths[widths.size - 1]
     P = params.size
@@ -141,9 +143,11 @@ def finish_step(net, gbuf, opt, nxt):
     dropped, and params, s1, s2 hold the last good values.  batch_loss is
     the weighted mean loss plus the L2 term.
     """
-    params, _, widths, _, alpha = net
-    opt_kind, hp, s1, s2, step = opt
-    p_next, s1_next, s2_next = nxt
+    # without reference counting (network.unowned): 7 slices per chunk
+    params, _, widths, _, alpha = unowned(net)
+    opt_kind, hp, s1, s2, step = unowned(opt)
+    p_next, s1_next, s2_next = unowned(nxt)
+    gbuf = unowned(gbuf)
     P = params.size
     t = params.dtype.type
     S = gbuf[P + WEIGHT]

@@ -36,6 +36,7 @@ from .network import (
     forward_loss,
     gather_targets,
     l2_alpha,
+    unowned,
     view2d,
 )
 from .optim import adopt_update, fused_update
@@ -254,11 +255,13 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
     train_epoch, plus the loss of the last step taken.
     """
-    data, indices, indptr, y_int, y_f, sw, loss_kind = sdata
-    params, grads, widths, codes, alpha = net
-    opt_kind, hp, s1, s2, step = opt
-    _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, _ = ws
-    bdata, bindices, bindptr = sbatch
+    # without reference counting: network.unowned
+    data, indices, indptr, y_int, y_f, sw, loss_kind = unowned(sdata)
+    params, grads, widths, codes, alpha = unowned(net)
+    opt_kind, hp, s1, s2, step = unowned(opt)
+    _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, _ = unowned(ws)
+    bdata, bindices, bindptr = unowned(sbatch)
+    perm = unowned(perm)
     n = perm.size
     dl = widths[widths.size - 1]
     loss_sum = loss_sum0
