@@ -57,7 +57,11 @@ layout that pays is:
   over tuples, and branches on ``itemsize`` or a dtype whose arms need other
   types (both arms are compiled);
 * one signature per dtype: pass C-contiguous arrays (reshape views of flat
-  buffers are) so a kernel is not compiled again for 'A' or 'F' layouts.
+  buffers are) so a kernel is not compiled again for 'A' or 'F' layouts;
+* a kernel with many arguments takes records (``records.py``: plain tuples,
+  unpacked on its first lines), and a per-step kernel unpacks them through
+  ``network.unowned``, so that the references Numba takes on its arrays are
+  not atomic operations (docs/performance.md, "Issue 16, fourth round").
 
 A new kernel then costs roughly its own size once.  Check with
 ``fastbp bench --startup 1`` before and after.
