@@ -826,9 +826,9 @@ class MLP:
 
         Calls after the first, without ``optimizer`` or ``sample_weight``
         and with X already a C-contiguous, writeable array of the model's
-        dtype, take a fast path (about 8 us of Python per call): the
-        compiled step checks the values of X and of int64 labels as it
-        reads them, with the same errors.
+        dtype, take a fast path (4-6 us of Python per call at 64-128-10
+        b32, docs/performance.md): the compiled step checks the values of X
+        and of int64 labels as it reads them, with the same errors.
         """
         ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         fast = self.__dict__.get("_tob")
