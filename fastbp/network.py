@@ -889,6 +889,7 @@ class MLP:
                 raise
         nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row, fast.n_params,
                                  opt.kind)
+        # the data record (records.data), inline: a Python call less per step
         args = ((X, y_int, y_f, ck.no_weights, kind), fast.order[:n], n, fast.net,
                 fast.opt_head + (opt.step_,), fast.ws_record, nt, 0.0, True)
         box = []
