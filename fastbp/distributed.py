@@ -366,11 +366,11 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                 for t in range(state.done, steps):
                     start = t * batch_size
                     m = min(batch_size, n_local - start)
+                    net = _rec.network(cur[0], *net_tail)  # both halves of the step
                     err = None
                     try:
                         if m > 0:
-                            _dk.local_sums(data, perm, start, m,
-                                           _rec.network(cur[0], *net_tail), ws_record, gbuf)
+                            _dk.local_sums(data, perm, start, m, net, ws_record, gbuf)
                         else:
                             gbuf[:P + _dk.TAIL].fill(0)
                     except Exception as exc:  # noqa: BLE001 - agreed on below
@@ -401,8 +401,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                         raise _Agreed(KeyboardInterrupt())
                     nxt = second if cur is own else own
                     status, batch_loss, step = _dk.finish_step(
-                        _rec.network(cur[0], *net_tail), gbuf,
-                        _rec.optimizer(opt.kind, hp, cur[1], cur[2], step), nxt)
+                        net, gbuf, _rec.optimizer(opt.kind, hp, cur[1], cur[2], step), nxt)
                     if status != 0:
                         raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
                     cur = nxt
