@@ -38,10 +38,17 @@ __all__ = ["EpochState", "Progress", "Slicer", "call_committing", "check", "defe
 
 #: seconds one slice of an epoch should take (interrupt latency, progress)
 TARGET_SECONDS = 0.1
-#: estimated work (flop) of the first slice of a fit, before any measurement
-FIRST_FLOPS = 2e7
-#: an epoch estimated at no more than this runs as one compiled call
-ONE_CALL_FLOPS = 2e8
+#: estimated work (flop) of the first slice of a fit, before any measurement:
+#: 0.1 s at 10 GFLOP/s, below what the slowest step measured here runs at
+#: (tanh, 64-128-10 b32, one thread), ~10 ms for most.  It was 2e7, one batch
+#: for mid-size networks: an epoch of 784-256-128-10 b512 then ran as slices
+#: of 1, 4 and 3 batches, and each odd slice copied the parameters back
+#: (docs/performance.md, "Issue 16, fifth round")
+FIRST_FLOPS = 1e9
+#: an epoch estimated at no more than this runs as one compiled call, and a
+#: slice may take two such steps where the slicer asked for one (0.2 s at
+#: 10 GFLOP/s)
+ONE_CALL_FLOPS = 2e9
 #: a loss_and_grad estimated above this runs in a worker thread
 THREAD_FLOPS = 5e8
 
@@ -175,7 +182,8 @@ class Slicer:
     The first slice is estimated from ``FIRST_FLOPS``; after each slice the
     size becomes what ``TARGET_SECONDS`` takes at the measured rate (at most
     4 times the last size, at least half of it).  The size carries over from
-    one epoch to the next.
+    one epoch to the next, and from one ``fit`` of a model to the next with
+    the same batch size (``MLP._slicer``).
     """
 
     __slots__ = ("batch_flops", "size")

@@ -661,7 +661,7 @@ class MLP:
         if compiling:
             print(compile_notice(self.dtype), file=sys.stderr, flush=True)
         nb = -(-n // batch_size)
-        slicer = _r.Slicer(batch_size, self.widths)
+        slicer = self._slicer(batch_size)
         partial = self._take_partial(n, batch_size, shuffle)
         own_bar = progress is True
         bar = progress if isinstance(progress, _r.Progress) else None
@@ -803,6 +803,18 @@ class MLP:
                 _rec.data(X, y_int, y_f, sw, kind), perm, batch_size, self._net_record(),
                 _rec.optimizer(opt.kind, hp, s1, s2, opt.step_), _rec.workspace(ws), nt,
                 float(loss_sum), check_inputs), _committer(opt, 4))
+
+    def _slicer(self, batch_size):
+        """The ``_responsive.Slicer`` of this model's epochs of ``batch_size``
+        rows: one per model and batch size, so that a fit called one epoch
+        at a time (scikit-learn's loop, a user's) starts its epochs with
+        slices of the size measured before (not a first slice of
+        ``FIRST_FLOPS`` each time)."""
+        key = (batch_size, self.widths.tobytes())
+        cached = self.__dict__.get("_slicers")
+        if cached is None or cached[0] != key:
+            cached = self._slicers = (key, _r.Slicer(batch_size, self.widths))
+        return cached[1]
 
     def _net_record(self):
         """The network record of the step and epoch kernels (records.py)."""
@@ -1008,8 +1020,7 @@ class MLP:
                                      optimizer, hp, ws, rows=n, loss_sum=loss_sum)[:4]
 
         state = _r.EpochState()
-        status, batch = _r.run_epoch(call, n, batch_size, _r.Slicer(batch_size, self.widths),
-                                     state)
+        status, batch = _r.run_epoch(call, n, batch_size, self._slicer(batch_size), state)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, batch + 1,
                                               batch_size)
@@ -1217,6 +1228,7 @@ class MLP:
         state = self.__dict__.copy()
         state.pop("_checked", None)  # a check of this process's objects; a copy checks afresh
         state.pop("_tob", None)  # holds this model's buffers: a copy must not write them
+        state.pop("_slicers", None)  # a time measured in this process
         return state
 
     def __repr__(self):

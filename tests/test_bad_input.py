@@ -11,6 +11,7 @@ still to do; when it is added the mark must go.
 """
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -617,3 +618,46 @@ def test_integral_float_labels_are_accepted():
     loss_f, g_f = fb.softmax_cross_entropy(Z, Y.astype(np.float32))
     assert loss_i == loss_f
     np.testing.assert_array_equal(g_i, g_f)
+
+
+# -- the finiteness check of large arrays (sums through OpenBLAS's gemv) -------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+@pytest.mark.parametrize("where", [0, 1023, 1024, 5 * 1024 + 17, -1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_large_array_check_finds_every_non_finite_value(dtype, where, bad):
+    from fastbp import _validation as v
+
+    # 300 x 1001 values: 293 sums of 1024 values and a tail of 224
+    x = np.random.default_rng(0).standard_normal((300, 1001)).astype(dtype)
+    assert x.size >= v.SUM_CHECK_MIN
+    assert v.all_finite(x)
+    x.reshape(-1)[where] = bad
+    assert not v.all_finite(x)
+
+
+def test_large_array_check_opposite_infinities_and_overflow():
+    from fastbp import _validation as v
+
+    x = np.zeros((256, 1024), np.float32)
+    x[3, 5], x[3, 6] = np.inf, -np.inf  # one sum: inf - inf = NaN, not a cancellation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning from the product
+        assert not v.all_finite(x)
+        # finite values whose sums overflow: the value-by-value check decides
+        x[:] = np.finfo(np.float32).max
+        assert v.all_finite(x)
+        x[-1, -1] = np.nan
+        assert not v.all_finite(x)
+
+
+def test_fit_refuses_a_nan_in_a_large_X():
+    X = np.random.default_rng(0).standard_normal((2000, 80)).astype(np.float32)
+    y = np.arange(2000) % 3
+    X[1999, 79] = np.nan
+    m = fb.MLP([80, 8, 3], dtype="float32", seed=0)
+    before = m.flat_params.copy()
+    with pytest.raises(ValueError, match="X must be finite"):
+        m.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(m.flat_params, before)

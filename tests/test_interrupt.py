@@ -12,6 +12,7 @@ check that a cut epoch trains bit-identically to an uncut one.
 import errno
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -274,9 +275,12 @@ def test_sliced_epoch_equals_one_call(monkeypatch, dtype, opt, sparse):
 
 def test_slicer_sizes_follow_time():
     s = _r.Slicer(32, [256, 512, 512, 10])
-    assert s.size == 1 and not s.whole(100)
-    s.record(1, 0.001)  # 1000 batches/s: 0.1 s is 100 batches, at most 4x
-    assert s.size == 4
+    # 6 m sum(d_in d_out) flops per batch; the first slice is FIRST_FLOPS of them
+    assert s.batch_flops == 6 * 32 * (256 * 512 + 512 * 512 + 512 * 10)
+    assert s.size == int(_r.FIRST_FLOPS // s.batch_flops) == 13 and not s.whole(100)
+    s.record(13, 0.013)  # 1000 batches/s: 0.1 s is 100 batches, at most 4x
+    assert s.size == 52
+    assert _r.Slicer(32, [4096, 4096, 10]).size == 1  # a heavy batch: one
     for _ in range(5):
         s.record(s.size, s.size / 1000)
     assert s.size == 100
@@ -474,3 +478,20 @@ def test_slices_hold_an_even_number_of_batches_but_the_last():
             first = 1 if heavy or nb == 1 else 2
             assert batches[0] == first, batches
             assert all(k == 2 for k in batches[1:-1]), batches
+
+
+def test_slicer_carries_over_between_fits_of_a_model():
+    """A fit called one epoch at a time (scikit-learn's loop, a user's) starts
+    with the slice size measured before, for the same batch size; a copy of
+    the model does not take the measurement with it."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 12))
+    y = rng.integers(0, 3, 256)
+    m = fb.MLP([12, 16, 3], seed=0)
+    m.fit(X, y, epochs=1, batch_size=8)
+    s = m._slicer(8)
+    s.size = 7
+    m.fit(X, y, epochs=1, batch_size=8)
+    assert m._slicer(8) is s
+    assert m._slicer(16) is not s  # another batch size measures afresh
+    assert "_slicers" not in pickle.loads(pickle.dumps(m)).__dict__
