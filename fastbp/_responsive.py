@@ -26,6 +26,7 @@ keeps a kernel's result when the KeyboardInterrupt is raised as the call
 returns, so that the step count is still committed.
 """
 
+import _signal
 import math
 import re
 import signal
@@ -51,6 +52,11 @@ FIRST_FLOPS = 1e9
 ONE_CALL_FLOPS = 2e9
 #: a loss_and_grad estimated above this runs in a worker thread
 THREAD_FLOPS = 5e8
+
+#: the signal number as a plain int: ``deferred`` calls ``_signal``'s
+#: functions, which ``signal``'s wrap in enum conversions (~10 us of each
+#: ``fit`` call went to them)
+_SIGINT = int(signal.SIGINT)
 
 _pending = False
 _depth = 0
@@ -86,9 +92,9 @@ class deferred:
         if _depth:
             _depth += 1
         elif (threading.current_thread() is threading.main_thread()
-              and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+              and _signal.getsignal(_SIGINT) is _signal.default_int_handler):
             _pending = False
-            self.old = signal.signal(signal.SIGINT, _on_sigint)
+            self.old = _signal.signal(_SIGINT, _on_sigint)
             _depth = 1
             _raising = not self.collective
         return self
@@ -99,7 +105,7 @@ class deferred:
             return False
         _depth -= 1
         if _depth == 0 and self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+            _signal.signal(_SIGINT, self.old)
             _raising = True
             if _pending and not self.collective:
                 _pending = False
@@ -274,6 +280,8 @@ def parse_every(value, name="checkpoint_every"):
     A positive int counts epochs; a string "30s", "10min", "2h" (or "1.5h")
     or a ``datetime.timedelta`` gives a time.
     """
+    if type(value) is int and value > 0:  # the common case, and the default
+        return value, None
     import datetime
 
     if isinstance(value, datetime.timedelta):

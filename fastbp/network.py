@@ -616,9 +616,10 @@ class MLP:
                                    shuffle=shuffle, sample_weight=sample_weight,
                                    progress=progress, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every)
-        X = self._check_X(X)
+        ck = self._check_structure()
+        X = self._check_X(X, ck=ck)
         n = X.shape[0]
-        kind, y_int, y_f = self._check_y(y, n)
+        kind, y_int, y_f = self._check_y(y, n, ck=ck)
         sw = v.as_sample_weight(sample_weight, n)
         epochs = v.as_positive_int(epochs, "epochs")
         shuffle = v.as_bool(shuffle, "shuffle")
@@ -637,7 +638,7 @@ class MLP:
             Xv = self._check_X(Xv, "validation_data[0]")
             self._check_y(yv, Xv.shape[0], "validation_data[1]")
         opt = self._resolve_optimizer(optimizer)
-        hp = opt.checked_hyperparameters(self.dtype)
+        hp = opt._checked_hp(self.dtype)  # the optimizer's own array: the kernels only read it
         self._make_writeable()
         s1, s2 = opt.bind(self._params)
         sparse = isinstance(X, v.SparseRows)

@@ -631,6 +631,7 @@ def test_large_array_check_finds_every_non_finite_value(dtype, where, bad):
 
     # 300 x 1001 values: 293 sums of 1024 values and a tail of 224
     x = np.random.default_rng(0).standard_normal((300, 1001)).astype(dtype)
+    x = np.concatenate([x] * (-(-v.SUM_CHECK_MIN // x.size)))  # however large it must be
     assert x.size >= v.SUM_CHECK_MIN
     assert v.all_finite(x)
     x.reshape(-1)[where] = bad
@@ -640,7 +641,7 @@ def test_large_array_check_finds_every_non_finite_value(dtype, where, bad):
 def test_large_array_check_opposite_infinities_and_overflow():
     from fastbp import _validation as v
 
-    x = np.zeros((256, 1024), np.float32)
+    x = np.zeros((max(256, v.SUM_CHECK_MIN // 1024), 1024), np.float32)
     x[3, 5], x[3, 6] = np.inf, -np.inf  # one sum: inf - inf = NaN, not a cancellation
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no RuntimeWarning from the product
@@ -653,9 +654,12 @@ def test_large_array_check_opposite_infinities_and_overflow():
 
 
 def test_fit_refuses_a_nan_in_a_large_X():
-    X = np.random.default_rng(0).standard_normal((2000, 80)).astype(np.float32)
-    y = np.arange(2000) % 3
-    X[1999, 79] = np.nan
+    from fastbp import _validation as v
+
+    n = -(-v.SUM_CHECK_MIN // 80)
+    X = np.random.default_rng(0).standard_normal((n, 80)).astype(np.float32)
+    y = np.arange(n) % 3
+    X[n - 1, 79] = np.nan
     m = fb.MLP([80, 8, 3], dtype="float32", seed=0)
     before = m.flat_params.copy()
     with pytest.raises(ValueError, match="X must be finite"):
