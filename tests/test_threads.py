@@ -165,3 +165,47 @@ def test_blas_threads_are_restored():
         if BLAS_SINGLE._get is not None:
             assert BLAS_SINGLE._get() == 1
     assert numpy_blas_threads() == before
+
+
+# an update that grows 99-fold a step (weight decay 1e4 at lr 0.01): the
+# output layer alone overflows its update at step 19; with a hidden layer
+# the loss overflows first (step 11)
+MID_EPOCH_FAILURES = [
+    ([40, 3], lambda: fb.SGD(lr=0.01, weight_decay=1e4), "update"),
+    ([40, 3], lambda: fb.SGD(lr=0.01, momentum=0.5, weight_decay=1e4), "update"),
+    ([40, 64, 3], lambda: fb.SGD(lr=0.01, momentum=0.5, weight_decay=1e4), "loss"),
+    ([40, 64, 3], lambda: fb.Adam(lr=1e-3, weight_decay=1e36), "update"),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("widths", "make_opt", "what"), MID_EPOCH_FAILURES)
+def test_a_failed_step_inside_an_epoch_leaves_the_steps_before_it(widths, make_opt, what,
+                                                                  threads):
+    """fit updates in place (two steps or more per compiled call) and, when
+    a step fails, restores its copy and replays the good steps before it:
+    the model must be bit for bit where one train_on_batch per batch
+    (a step into the second buffers, adopted only when good) leaves it."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((160, 40)).astype(np.float32)
+    y = rng.integers(0, 3, 160)
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        fitted = fb.MLP(widths, dtype="float32", seed=0)
+        with pytest.raises(fb.DivergenceError, match=what) as err:
+            fitted.fit(X, y, epochs=1, batch_size=8, optimizer=make_opt(), shuffle=False)
+        stepped = fb.MLP(widths, dtype="float32", seed=0)
+        stepped.optimizer = make_opt()
+        for start in range(0, 160, 8):
+            try:
+                stepped.train_on_batch(X[start:start + 8], y[start:start + 8])
+            except fb.DivergenceError:
+                break
+    finally:
+        numba.set_num_threads(old)
+    assert f"step {start // 8 + 1} " in str(err.value)
+    assert fitted.optimizer.step_ == stepped.optimizer.step_ == start // 8
+    np.testing.assert_array_equal(fitted.flat_params, stepped.flat_params)
+    for a, b in zip(fitted.optimizer.state_, stepped.optimizer.state_, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -146,7 +146,7 @@ def unowned(typingctx, a):
 def forward(params, widths, codes, x, acts):
     """Run the network on x (m, d_0); returns H_L, a (m, d_L) view of acts.
     On one thread: ``forward_blocks`` with one block per layer."""
-    return forward_blocks(params, widths, codes, x, acts, 1)
+    return forward_blocks(params, widths, codes, x, acts, 1, acts)
 
 
 @njit(**JIT_INLINE)
@@ -328,11 +328,47 @@ def forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1):
 _forward_block = linked("network.forward_block")
 
 
+@njit(**JIT)
+def forward_split(which, t, nt, layer):
+    """Thread block t of nt (nt = 2) of a layer split by rows of W, in two
+    phases (``layer_par``): FORWARD_ROWS, the part of the product that the
+    block's rows [r0, r1) of W give, h[:, r0:r1] @ W[r0:r1, :], into da
+    (t = 0) or dh (t = 1); FORWARD_SUM, the block's columns [c0, c1) of
+    da = g(da + dh + b).  ``layer`` as ``backward_block`` takes it (W at
+    ``params[off]``, h_in, da = the layer's output, dh = the second part,
+    code = the layer's activation; grads and alpha are not read)."""
+    params, _, off, d_in, d_out, h, out, part, code, _ = layer
+    if which == FORWARD_ROWS:
+        r0, r1 = block(d_in, nt, t)
+        gemm(NO_TRANS, NO_TRANS, h.shape[0], d_out, r1 - r0, h, r0, d_in, params,
+             off + r0 * d_out, d_out, out if t == 0 else part, 0, d_out)
+        return
+    c0, c1 = block(d_out, nt, t)
+    if c1 > c0:
+        for i in range(out.shape[0]):
+            o = out[i, c0:c1]
+            q = part[i, c0:c1]
+            for j in range(c1 - c0):
+                o[j] += q[j]
+        b_off = off + d_in * d_out
+        bias_activation_cols(out, params[b_off:b_off + d_out], code, c0, c1)
+
+
+_forward_split = linked("network.forward_split")
+
+
 @njit(**JIT_INLINE)
-def forward_blocks(params, widths, codes, x, acts, nt):
-    """``forward`` with each wide layer split by output columns between nt
-    threads (``layer_par``; a thread reads only its columns of W and writes
-    only its columns of out); the narrow ones (the output layer) on one."""
+def forward_blocks(params, widths, codes, x, acts, nt, part):
+    """``forward`` with each wide layer split between nt threads
+    (``layer_par``); the narrow ones (the output layer) on one.  Two threads
+    split a layer by rows of W (``forward_split``, the second thread's part
+    of the product into ``part``, then their sum by columns): each
+    thread then reads the same rows of W as its block of the backward pass
+    and update (``backward_block``), which stay in its core's cache.  More
+    threads split by output columns (a thread reads only its columns of W
+    and writes only its columns of out): one buffer of ``part`` holds only
+    one thread's part.  ``part``: a buffer of at least m d_out values for
+    every layer (the workspace's delta_b, free until the loss)."""
     m = x.shape[0]
     h = x
     p_off = 0
@@ -343,6 +379,14 @@ def forward_blocks(params, widths, codes, x, acts, nt):
         out = view2d(acts, a_off, m, d_out)
         if nt == 1 or d_out < MIN_COLS_PER_THREAD * nt:
             _forward_block(params, p_off, d_in, d_out, codes[k], h, out, 0, d_out)
+        elif nt == 2 and d_in >= 2 * BLOCK_ALIGN:
+            # (the layer record as FORWARD below, with dh the second part)
+            layer = (params, params, p_off, d_in, d_out, h, out, view2d(part, 0, m, d_out),
+                     codes[k], 0.0)
+            _layer_par(FORWARD_ROWS, layer, (0, _NO_HP, params, params, 0),
+                       (params, params, params), nt, params, _NO_ROWS)
+            _layer_par(FORWARD_SUM, layer, (0, _NO_HP, params, params, 0),
+                       (params, params, params), nt, params, _NO_ROWS)
         else:
             # (the forward blocks read only the layer record's params, offset,
             # widths, code, h and out; the optimizer and update records are
@@ -383,10 +427,11 @@ def backward_block(t, nt, layer, opt, nxt, scratch):
     is complete in ``da`` (m, d_out); the layer's W (d_in, d_out) is at
     ``params[w_off]``.  The block owns the rows [r0, r1) of W
     (``block(d_in)``): it computes dW[r0:r1] = H_in[:, r0:r1]^T dA, adds the
-    L2 term alpha / m * W, and updates those parameters into p_next while
-    they are in its cache; then, unless this is the input layer (dh has no
-    rows), its columns of dH = dA W[r0:r1]^T, their g' (``code_below``) and
-    the matching bias gradient and update of the layer below.  Writes the
+    L2 term alpha / m * W, computes (unless this is the input layer: dh has
+    no rows) its columns of dH = dA W[r0:r1]^T, and updates its parameters
+    into p_next (or in place, when p_next is params) while they are in its
+    cache; then their g' (``code_below``) and the matching bias gradient
+    and update of the layer below.  Writes the
     block's sum of W**2 to scratch[t] and its update severity to
     scratch[nt + t].  No two blocks write the same memory."""
     params, grads, w_off, d_in, d_out, h_in, da, dh, code_below, alpha = layer
@@ -407,11 +452,14 @@ def backward_block(t, nt, layer, opt, nxt, scratch):
             for i in range(gs.size):
                 gs[i] += reg * ps[i]
                 acc += ps[i] * ps[i]
+        if dh.shape[0] > 0:
+            # dH before the update: an update in place (train_epoch) must not
+            # change the W it reads
+            gemm(NO_TRANS, TRANS, m, r1 - r0, d_out, da, 0, d_out, params, lo, d_out, dh, r0,
+                 d_in)
         worst = _update_block(lo, hi, params, grads, opt, nxt)
         if dh.shape[0] > 0:
             bp = w_off - d_in  # the bias of the layer below
-            gemm(NO_TRANS, TRANS, m, r1 - r0, d_out, da, 0, d_out, params, lo, d_out, dh, r0,
-                 d_in)
             delta_cols(dh, h_in, code_below, grads[bp:w_off], r0, r1)
             worst = max(worst, _update_block(bp + r0, bp + r1, params, grads, opt, nxt))
     scratch[t] = acc
@@ -439,9 +487,14 @@ def gather_block(X, rows, off, r0, r1, xb):
 # train_epoch inlines copy_rows instead)
 _gather_block = linked("network.gather_block")
 
+#: train_epoch updates in place from this many steps a call on (see there)
+IN_PLACE_MIN_STEPS = 4
+
 FORWARD = 0
 BACKWARD = 1
 GATHER = 2
+FORWARD_ROWS = 3
+FORWARD_SUM = 4
 #: hp argument of a forward ``layer_par`` call (not read)
 _NO_HP = np.zeros(5)
 #: rows argument of a forward or backward ``layer_par`` call (not read)
@@ -473,6 +526,8 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
         elif which == GATHER:
             r0, r1 = block(d_in, nt, np.int64(t))
             _gather_block(h_in, rows, off, r0, r1, da)
+        elif which >= FORWARD_ROWS:
+            _forward_split(which, np.int64(t), nt, layer)
         else:
             _backward_block(np.int64(t), nt, layer, opt, nxt, scratch)
 
@@ -557,9 +612,9 @@ def train_step(net, batch, opt, ws, nt):
     small step; an argument because ``numba.get_num_threads()`` in here
     would keep Numba from caching the kernel); ``scratch`` holds 2 nt
     values of the parameters' dtype.  With more than one, each layer's
-    products are split by blocks of columns (``forward_blocks``,
-    ``backward_update``), each thread calling OpenBLAS single-threaded on
-    its own block; the caller sets OpenBLAS's own threads to 1 around the
+    products are split by blocks of rows of W (two threads) or of columns
+    (``forward_blocks``, ``backward_update``), each thread calling OpenBLAS
+    single-threaded on its own block; the caller sets OpenBLAS's own threads to 1 around the
     call (``fastbp._threads.BLAS_SINGLE``), so that BLAS's threads and the
     step's never run at once.  The loss of the (narrow) output layer runs
     on one thread.
@@ -567,14 +622,16 @@ def train_step(net, batch, opt, ws, nt):
     Why a second buffer: the finiteness check and the update are one pass
     over the parameters (each read once), done block by block right after
     that block's gradient, and a failed step is undone by not adopting the
-    buffer (issue 16).  train_epoch alternates between the two buffers;
-    train_on_batch is an epoch of one batch."""
+    buffer (issue 16).  When p_next, s1_next, s2_next are params, s1, s2
+    themselves, the update is made in place and the caller undoes a failed
+    step from its own copy (train_epoch, IN_PLACE_MIN_STEPS steps or more);
+    shorter epochs and train_on_batch write into the second buffers."""
     params, grads, widths, codes, alpha = unowned(net)
     x, y_int, y_f, sw, loss_kind = unowned(batch)
     opt_kind, hp, s1, s2, step = unowned(opt)
     _, _, _, _, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, scratch = unowned(ws)
     m = x.shape[0]
-    out = forward_blocks(params, widths, codes, x, acts, nt)
+    out = forward_blocks(params, widths, codes, x, acts, nt, delta_b)
     row_weights(m, sw, rw)
     loss, c = output_loss(loss_kind, out, y_int, y_f, rw[:m],
                           view2d(delta_a, 0, m, widths[widths.size - 1]))
@@ -638,8 +695,12 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     consecutive calls, each given the sum so far, adds exactly as one call
     (fastbp._responsive.run_epoch; tests/test_interrupt.py).
     The workspace's p_next, s1_next, s2_next: second buffers the size of
-    params; steps alternate between them and (params, s1, s2), and on
-    return params, s1, s2 hold the values of the last good step.  nt and the
+    params.  A call of fewer than IN_PLACE_MIN_STEPS batches alternates
+    between them and (params, s1, s2), and copies the last step back when
+    it ends in them; a longer call updates in place, after copying params,
+    s1, s2 into them, and a failed step restores that copy and replays the good
+    steps before it.  On return params, s1, s2 hold the values of the last
+    good step.  nt and the
     workspace's scratch: threads and their scratch values (``train_step``).
     check_inputs: check each batch as it is gathered, before its step:
     status BAD_X for a non-finite value of X, BAD_LABEL for a label outside
@@ -662,12 +723,31 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     loss_sum = loss_sum0
     correct = 0
     nb = (n + batch_size - 1) // batch_size
+    # Four steps or more update in place, after a copy of the parameters and
+    # state into the second buffers: a failed step restores the copy and
+    # replays the good steps before it (the same code on the same threads:
+    # bit for bit the same values).  In place, each thread's block of W,
+    # its state and its gradient stay in that core's cache from one step to
+    # the next (with forward_blocks' split by rows): 0.86x the step time at
+    # 784-256-128-10 b64 (docs/performance.md, "Issue 16, fifth round").
+    # Fewer steps write into the second buffers, alternating, as one step
+    # must: the copy costs about one update, which the steps in place
+    # repay from about three on (1024-2048-2048-10 b64: 1.47x the floor at
+    # two steps a call against 1.31x alternating; 1.20 against 1.40 at 8).
+    in_place = nb >= IN_PLACE_MIN_STEPS
+    step0 = step
+    if in_place:
+        adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
+        p_nxt, s1_nxt, s2_nxt = params, s1, s2
+    else:
+        p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
     # (cur_*) hold the values of the last good step, (nxt_*) receive the next
     p_cur, s1_cur, s2_cur = params, s1, s2
-    p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
     status = 0
+    failed = 0  # the status of a failed step being replayed up to
+    fail_at = nb
     bi = 0
-    while bi < nb:
+    while bi < fail_at:
         start = bi * batch_size
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
@@ -691,13 +771,32 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
             nt,
         )
         if status != 0:
-            break
-        p_cur, p_nxt = p_nxt, p_cur
-        s1_cur, s1_nxt = s1_nxt, s1_cur
-        s2_cur, s2_nxt = s2_nxt, s2_cur
+            if not in_place:
+                break
+            # back to the copy, then the good steps again
+            adopt_update(opt_kind, hp, p_next, s1_next, s2_next, params, s1, s2)
+            if failed != 0:  # a replayed step failed (never seen): stop at the copy
+                step = step0
+                loss_sum = loss_sum0
+                correct = 0
+                bi = 0
+                break
+            failed = status
+            fail_at = bi
+            step = step0
+            loss_sum = loss_sum0
+            correct = 0
+            bi = 0
+            continue
+        if not in_place:
+            p_cur, p_nxt = p_nxt, p_cur
+            s1_cur, s1_nxt = s1_nxt, s1_cur
+            s2_cur, s2_nxt = s2_nxt, s2_cur
         loss_sum += float(loss) * m
         correct += c
         bi += 1
+    if failed != 0:
+        status = failed
     if p_cur.ctypes.data != params.ctypes.data:
         adopt_update(opt_kind, hp, p_cur, s1_cur, s2_cur, params, s1, s2)
     return status, bi, loss_sum, correct, step
