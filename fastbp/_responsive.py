@@ -242,8 +242,10 @@ def run_epoch(call, n, batch_size, slicer, state, report=None):
         k = nb - done if slicer is None or (done == 0 and slicer.whole(nb)) else \
             min(slicer.size, nb - done)
         if k & 1 and done + k < nb:
-            # an even number of steps: the steps alternate between the
-            # parameter buffers and an even count ends in the model's own,
+            # an even number of steps: a short slice's steps alternate
+            # between the parameter buffers (a longer one updates in place,
+            # _kernels.network.train_epoch) and an even count ends in the
+            # model's own,
             # with no copy back at the slice's end (~0.2 ms for the 235k
             # parameters and momenta of 784-256-128-10: 3-5 % of a 16 ms
             # epoch cut into 4 slices; docs/performance.md).  One step less

@@ -116,7 +116,12 @@ PARALLEL_MIN_FLOPS = 2e6
 #: batches, right on 19, the other two missed by 3.8 % and 0.9 %, and right
 #: on the 6 measured after; SGD without momentum right on 4 of 4; Adam on 10,
 #: right on all, and on 5 of the 6 measured after (the miss: 2 %).  Not
-#: measured beyond 2 threads.
+#: measured beyond 2 threads.  Checked again after two-thread steps split
+#: the forward products by rows of W and updated in place (2026-12-07,
+#: epoch / floor, split against OpenBLAS's threads, SGD with momentum,
+#: 784-256-128-10): b128 1.19 against 1.36-1.39, b256 1.26-1.27 against
+#: 1.26-1.27, b512 1.29-1.31 against 1.29: the boundary at 180 rows still
+#: falls where the two arrangements meet.
 SPLIT_MAX_PACKED = (3.0, 6.0)
 
 

@@ -508,8 +508,9 @@ class MLP:
                 "yb_int": v.zeros(cap, np.int64, name, what),
                 "yb_f": v.zeros(cap * w[-1], dt, name, what),
                 "swb": v.zeros(cap, np.float64, name, what),
-                # the second parameter and optimizer-state buffers that the
-                # steps of an epoch alternate with (_kernels.network.train_step)
+                # the second parameter and optimizer-state buffers: a short
+                # epoch's steps alternate with them, a longer one keeps its
+                # copy to go back to there (_kernels.network.train_epoch)
                 "p_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 "s1_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),

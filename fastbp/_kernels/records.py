@@ -26,8 +26,10 @@ in the order given here.
     (xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next,
     s2_next, scratch): the batch buffers an epoch gathers into, the
     activations and the two ping-pong gradient buffers, the loss's row
-    weights, the second parameter and state buffers the steps alternate
-    with, and the threads' scratch values (``network.train_step``).
+    weights, the second parameter and state buffers (the steps of a short
+    epoch alternate with them; a longer one keeps its copy there,
+    ``network.train_epoch``), and the threads' scratch values
+    (``network.train_step``).
 
 Why plain tuples and not named tuples or structrefs: Numba's dispatcher
 types a plain tuple of arrays in its C fast path, a named tuple through
