@@ -207,7 +207,8 @@ def _first_fit(cache, threads=1):
 def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path, threads):
     # and train_on_batch afterwards runs the step fit compiled, with one new
     # leaf: fit's epochs of 4 steps update in place (optim.sgd_in_place),
-    # a single step writes into the second buffers (optim.sgd_fused); its
+    # a single step keeps its old values in the second buffers
+    # (optim.sgd_journal); its
     # fast path (from the second call) adds only the batch check.
     # With 2 threads the 8-wide hidden layer's backward pass is split (its
     # forward pass is too narrow to be), and so is the gather
@@ -218,7 +219,7 @@ def test_first_fit_links_only_what_it_uses_and_reloads_from_cache(tmp_path, thre
                   + (["network.gather_block", "network.layer_par"] if threads > 1 else []))
     cold = _first_fit(tmp_path, threads)
     assert cold["compiled_by_train_on_batch"] == 1
-    used = sorted([*used, "optim.sgd_fused"])
+    used = sorted([*used, "optim.sgd_journal"])
     assert cold["compiled_before_fast"] == used  # no other loss, no Adam, no float64
     used = sorted([*used, "network.check_batch"])
     assert cold["linked"] == used

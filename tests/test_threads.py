@@ -209,3 +209,42 @@ def test_a_failed_step_inside_an_epoch_leaves_the_steps_before_it(widths, make_o
     np.testing.assert_array_equal(fitted.flat_params, stepped.flat_params)
     for a, b in zip(fitted.optimizer.state_, stepped.optimizer.state_, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [16, 24])
+def test_a_failed_step_of_a_short_epoch_puts_its_old_values_back(rows, threads):
+    """An epoch of fewer than 4 steps (and train_on_batch) updates in place
+    keeping each step's old values (optim.JOURNAL): the failing step, here
+    the 2nd or 3rd, must put them back bit for bit."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, 40)).astype(np.float32)
+    y = rng.integers(0, 3, rows)
+
+    def model():
+        m = fb.MLP([40, 3], dtype="float32", seed=0)
+        m.flat_params[:] *= np.float32(99.0**17)  # the second step overflows
+        m.optimizer = fb.SGD(lr=0.01, momentum=0.5, weight_decay=1e4)
+        return m
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        fitted = model()
+        with pytest.raises(fb.DivergenceError, match="update") as err:
+            fitted.fit(X, y, epochs=1, batch_size=8, shuffle=False)
+        stepped = model()
+        for start in range(0, rows, 8):
+            try:
+                stepped.train_on_batch(X[start:start + 8], y[start:start + 8])
+            except fb.DivergenceError:
+                break
+    finally:
+        numba.set_num_threads(old)
+    assert 0 < start // 8 < rows // 8
+    assert f"step {start // 8 + 1} " in str(err.value)
+    assert fitted.optimizer.step_ == stepped.optimizer.step_ == start // 8
+    np.testing.assert_array_equal(fitted.flat_params, stepped.flat_params)
+    assert np.isfinite(fitted.flat_params).all()
+    for a, b in zip(fitted.optimizer.state_, stepped.optimizer.state_, strict=True):
+        np.testing.assert_array_equal(a, b)

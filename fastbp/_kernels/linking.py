@@ -152,6 +152,8 @@ _SPECS = {
     "optim.adam_fused": (_adam_fused_args, lambda t: _I64),
     "optim.sgd_in_place": (_sgd_args, lambda t: _I64),
     "optim.adam_in_place": (_adam_args, lambda t: _I64),
+    "optim.sgd_journal": (_sgd_fused_args, lambda t: _I64),
+    "optim.adam_journal": (_adam_fused_args, lambda t: _I64),
     "network.update_block": (_update_block_args, lambda t: _I64),
     "network.forward_block": (_forward_block_args, lambda t: _NONE),
     "network.forward_split": (lambda t: (_I64, _I64, _I64, _layer_record(t)),

@@ -29,6 +29,7 @@ from .linking import linked
 from .optim import (
     BAD_GRADIENT,
     BAD_UPDATE,
+    JOURNAL,
     UPDATE_OK,
     adopt_update,
     all_finite,
@@ -624,8 +625,10 @@ def train_step(net, batch, opt, ws, nt):
     that block's gradient, and a failed step is undone by not adopting the
     buffer (issue 16).  When p_next, s1_next, s2_next are params, s1, s2
     themselves, the update is made in place and the caller undoes a failed
-    step from its own copy (train_epoch, IN_PLACE_MIN_STEPS steps or more);
-    shorter epochs and train_on_batch write into the second buffers."""
+    step from its own copy (train_epoch, IN_PLACE_MIN_STEPS steps or more).
+    With ``optim.JOURNAL`` added to the optimizer kind (shorter epochs,
+    train_on_batch) it is made in place with the old values kept in the
+    second buffers, and a failed step copies them back before returning."""
     params, grads, widths, codes, alpha = unowned(net)
     x, y_int, y_f, sw, loss_kind = unowned(batch)
     opt_kind, hp, s1, s2, step = unowned(opt)
@@ -649,6 +652,9 @@ def train_step(net, batch, opt, ws, nt):
             status = BAD_UPDATE
         else:
             status = UPDATE_OK
+        if status != 0 and opt_kind >= JOURNAL:
+            # the update was made in place: back to the old values it kept
+            adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
     if status != 0:
         return status, loss, c, step
     return 0, loss, c, step + 1
@@ -695,10 +701,10 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     consecutive calls, each given the sum so far, adds exactly as one call
     (fastbp._responsive.run_epoch; tests/test_interrupt.py).
     The workspace's p_next, s1_next, s2_next: second buffers the size of
-    params.  A call of fewer than IN_PLACE_MIN_STEPS batches alternates
-    between them and (params, s1, s2), and copies the last step back when
-    it ends in them; a longer call updates in place, after copying params,
-    s1, s2 into them, and a failed step restores that copy and replays the good
+    params.  A call of fewer than IN_PLACE_MIN_STEPS batches updates in
+    place with each step's old values kept in them (``optim.JOURNAL``),
+    and a failed step copies them back; a longer call updates in place,
+    after copying params, s1, s2 into them, and a failed step restores that copy and replays the good
     steps before it.  On return params, s1, s2 hold the values of the last
     good step.  nt and the
     workspace's scratch: threads and their scratch values (``train_step``).
@@ -723,26 +729,29 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     loss_sum = loss_sum0
     correct = 0
     nb = (n + batch_size - 1) // batch_size
-    # Four steps or more update in place, after a copy of the parameters and
-    # state into the second buffers: a failed step restores the copy and
+    # Four steps or more update in place, after a copy of the parameters
+    # and state into the second buffers: a failed step restores the copy and
     # replays the good steps before it (the same code on the same threads:
     # bit for bit the same values).  In place, each thread's block of W,
     # its state and its gradient stay in that core's cache from one step to
     # the next (with forward_blocks' split by rows): 0.86x the step time at
     # 784-256-128-10 b64 (docs/performance.md, "Issue 16, fifth round").
-    # Fewer steps write into the second buffers, alternating, as one step
-    # must: the copy costs about one update, which the steps in place
-    # repay from about three on (1024-2048-2048-10 b64: 1.47x the floor at
-    # two steps a call against 1.31x alternating; 1.20 against 1.40 at 8).
+    # Fewer steps update in place too, each keeping the old values in the
+    # second buffers as it writes the new ones (JOURNAL, optim.sgd_journal;
+    # train_step copies them back when the step fails): the copy costs
+    # about one update, which the steps without a journal repay from about
+    # three on (1024-2048-2048-10 b64: 1.47x the floor with two steps a
+    # call after a copy, 1.31x with the second buffers; 1.20 against 1.40
+    # at eight).
     in_place = nb >= IN_PLACE_MIN_STEPS
     step0 = step
+    step_kind = opt_kind
     if in_place:
         adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
         p_nxt, s1_nxt, s2_nxt = params, s1, s2
     else:
+        step_kind = opt_kind + JOURNAL
         p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
-    # (cur_*) hold the values of the last good step, (nxt_*) receive the next
-    p_cur, s1_cur, s2_cur = params, s1, s2
     status = 0
     failed = 0  # the status of a failed step being replayed up to
     fail_at = nb
@@ -752,8 +761,8 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
         if nt > 1:  # a split step: the gather on the step's threads too
-            _layer_par(GATHER, (p_cur, grads, start, m, d0, X, xv, xv, 0, 0.0),
-                       (0, _NO_HP, s1_cur, s2_cur, 0), (p_nxt, s1_nxt, s2_nxt), nt, scratch,
+            _layer_par(GATHER, (params, grads, start, m, d0, X, xv, xv, 0, 0.0),
+                       (0, _NO_HP, s1, s2, 0), (p_nxt, s1_nxt, s2_nxt), nt, scratch,
                        perm)
         else:  # inline, not the leaf: the one-thread fit compiles no more
             copy_rows(X, perm, start, 0, m, xv)
@@ -765,13 +774,13 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
             if status != 0:
                 break
         status, loss, c, step = _train_step(
-            (p_cur, grads, widths, codes, alpha), (xv, yb_int[:m], yf, swv, loss_kind),
-            (opt_kind, hp, s1_cur, s2_cur, step),
+            (params, grads, widths, codes, alpha), (xv, yb_int[:m], yf, swv, loss_kind),
+            (step_kind, hp, s1, s2, step),
             (xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_nxt, s1_nxt, s2_nxt, scratch),
             nt,
         )
         if status != 0:
-            if not in_place:
+            if not in_place:  # the step put its old values back (train_step)
                 break
             # back to the copy, then the good steps again
             adopt_update(opt_kind, hp, p_next, s1_next, s2_next, params, s1, s2)
@@ -788,15 +797,9 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
             correct = 0
             bi = 0
             continue
-        if not in_place:
-            p_cur, p_nxt = p_nxt, p_cur
-            s1_cur, s1_nxt = s1_nxt, s1_cur
-            s2_cur, s2_nxt = s2_nxt, s2_cur
         loss_sum += float(loss) * m
         correct += c
         bi += 1
     if failed != 0:
         status = failed
-    if p_cur.ctypes.data != params.ctypes.data:
-        adopt_update(opt_kind, hp, p_cur, s1_cur, s2_cur, params, s1, s2)
     return status, bi, loss_sum, correct, step
