@@ -46,9 +46,8 @@ TARGET_SECONDS = 0.1
 #: of 1, 4 and 3 batches, and each odd slice copied the parameters back
 #: (docs/performance.md, "Issue 16, fifth round")
 FIRST_FLOPS = 1e9
-#: an epoch estimated at no more than this runs as one compiled call, and a
-#: slice may take two such steps where the slicer asked for one (0.2 s at
-#: 10 GFLOP/s)
+#: an epoch estimated at no more than this runs as one compiled call (0.2 s
+#: at 10 GFLOP/s)
 ONE_CALL_FLOPS = 2e9
 #: a loss_and_grad estimated above this runs in a worker thread
 THREAD_FLOPS = 5e8
@@ -241,21 +240,6 @@ def run_epoch(call, n, batch_size, slicer, state, report=None):
         done = state.done
         k = nb - done if slicer is None or (done == 0 and slicer.whole(nb)) else \
             min(slicer.size, nb - done)
-        if k & 1 and done + k < nb:
-            # an even number of steps: a short slice's steps alternate
-            # between the parameter buffers (a longer one updates in place,
-            # _kernels.network.train_epoch) and an even count ends in the
-            # model's own,
-            # with no copy back at the slice's end (~0.2 ms for the 235k
-            # parameters and momenta of 784-256-128-10: 3-5 % of a 16 ms
-            # epoch cut into 4 slices; docs/performance.md).  One step less
-            # (Ctrl-C waits for no more than the slicer asked), or one more
-            # for a single step when two are no more work than an epoch run
-            # as one call (ONE_CALL_FLOPS); a slow step stays alone
-            if k > 1:
-                k -= 1
-            elif 2 * slicer.batch_flops <= ONE_CALL_FLOPS:
-                k = 2
         a = done * batch_size
         b = min(n, (done + k) * batch_size)
         t0 = time.perf_counter()

@@ -509,8 +509,8 @@ class MLP:
                 "yb_f": v.zeros(cap * w[-1], dt, name, what),
                 "swb": v.zeros(cap, np.float64, name, what),
                 # the second parameter and optimizer-state buffers: a short
-                # epoch's steps alternate with them, a longer one keeps its
-                # copy to go back to there (_kernels.network.train_epoch)
+                # epoch's steps keep their old values there, a longer one its
+                # copy to go back to (_kernels.network.train_epoch)
                 "p_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 "s1_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),

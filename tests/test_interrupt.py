@@ -441,45 +441,6 @@ def test_checkpoint_every_timedelta():
         _r.parse_every(datetime.timedelta(0))
 
 
-def test_slices_hold_an_even_number_of_batches_but_the_last():
-    """The steps alternate between two parameter buffers; a slice of an even
-    number of batches ends in the model's own buffer, with no copy back
-    (docs/performance.md).  Only an epoch's last slice, or a slice of one
-    batch (slow steps), may be odd; no slice is longer than the slicer
-    asked (Ctrl-C latency)."""
-    calls = []
-
-    def call(a, b, loss_sum):
-        calls.append((a, b))
-        return 0, 0, loss_sum, 0
-
-    class Sizes:  # a slicer asking for odd sizes
-        size = 1
-
-        def __init__(self, batch_flops):
-            self.batch_flops = batch_flops
-
-        def whole(self, nb):
-            return False
-
-        def record(self, batches, seconds):
-            self.size = 3
-
-    for heavy in (False, True):
-        for nb in (1, 2, 7, 10):
-            calls.clear()
-            state = _r.EpochState()
-            flops = _r.ONE_CALL_FLOPS if heavy else _r.ONE_CALL_FLOPS / 2
-            assert _r.run_epoch(call, nb * 5, 5, Sizes(flops), state) == (0, nb)
-            batches = [(b - a) // 5 for a, b in calls]
-            assert sum(batches) == nb == state.done
-            assert all(k <= 3 for k in batches), batches
-            # a heavy single step stays alone; light ones go in pairs
-            first = 1 if heavy or nb == 1 else 2
-            assert batches[0] == first, batches
-            assert all(k == 2 for k in batches[1:-1]), batches
-
-
 def test_slicer_carries_over_between_fits_of_a_model():
     """A fit called one epoch at a time (scikit-learn's loop, a user's) starts
     with the slice size measured before, for the same batch size; a copy of

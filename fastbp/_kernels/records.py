@@ -27,7 +27,7 @@ in the order given here.
     s2_next, scratch): the batch buffers an epoch gathers into, the
     activations and the two ping-pong gradient buffers, the loss's row
     weights, the second parameter and state buffers (the steps of a short
-    epoch alternate with them; a longer one keeps its copy there,
+    epoch keep their old values there, a longer one its copy,
     ``network.train_epoch``), and the threads' scratch values
     (``network.train_step``).
 
