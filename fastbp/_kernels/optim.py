@@ -95,15 +95,8 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2 with d = g + wd * p;
     p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).
     """
-    t = p.dtype.type
-    b1 = t(beta1)
-    b2 = t(beta2)
-    c1 = t(1.0 - beta1)
-    c2 = t(1.0 - beta2)
-    wd = t(weight_decay)
-    step_size = t(lr / (1.0 - beta1**step))
-    inv_bc2 = t(1.0 / (1.0 - beta2**step))
-    eps_ = t(eps)
+    b1, b2, c1, c2, wd, step_size, inv_bc2, eps_ = _adam_constants(p, step, lr, beta1, beta2,
+                                                                   eps, weight_decay)
     for i in range(p.size):
         d = g[i] + wd * p[i]
         mi = b1 * m[i] + c1 * d
@@ -111,8 +104,6 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
-
-
 
 
 @njit(**JIT_VALUES)
@@ -127,6 +118,21 @@ def _sgd_values(p, g, v, lr_, mu, keep, damp, wd, mode):
     if mode == 1:
         return vi, p - lr_ * (d + mu * vi)
     return vi, p - lr_ * vi
+
+
+@njit(**JIT_VALUES)
+def _sgd_constants(p, lr, momentum, dampening, weight_decay, nesterov, first):
+    """``_sgd_values``' constants in the dtype of p: (lr, momentum, weight
+    of the old buffer, of the new gradient, weight decay, mode: 0 without
+    momentum, 1 Nesterov, 2 plain), as ``sgd_update`` sets them."""
+    t = p.dtype.type
+    keep = t(momentum)
+    damp = t(1.0 - dampening)
+    if first:
+        keep = t(0.0)
+        damp = t(1.0)
+    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    return t(lr), t(momentum), keep, damp, t(weight_decay), mode
 
 
 @njit(**JIT_CHECK)
@@ -144,17 +150,9 @@ def sgd_check(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first):
     threshold) does a second loop tell a bad gradient from a bad update
     exactly.
     """
-    t = p.dtype.type
-    inf = t(np.inf)
-    lr_ = t(lr)
-    mu = t(momentum)
-    keep = mu
-    damp = t(1.0 - dampening)
-    if first:
-        keep = t(0.0)
-        damp = t(1.0)
-    wd = t(weight_decay)
-    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    inf = p.dtype.type(np.inf)
+    lr_, mu, keep, damp, wd, mode = _sgd_constants(p, lr, momentum, dampening, weight_decay,
+                                                   nesterov, first)
     ok = True
     for i in range(p.size):
         vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
@@ -181,20 +179,22 @@ def _adam_values(p, g, m, v, b1, b2, c1, c2, wd, step_size, inv_bc2, eps_):
     return mi, vi, p - step_size * mi / (np.sqrt(vi * inv_bc2) + eps_)
 
 
+@njit(**JIT_VALUES)
+def _adam_constants(p, step, lr, beta1, beta2, eps, weight_decay):
+    """``_adam_values``' constants in the dtype of p, as ``adam_update`` sets
+    them (the bias corrections of step ``step``)."""
+    t = p.dtype.type
+    return (t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(weight_decay),
+            t(lr / (1.0 - beta1**step)), t(1.0 / (1.0 - beta2**step)), t(eps))
+
+
 @njit(**JIT_CHECK)
 def adam_check(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """Status of the step ``adam_update`` would make, without writing (as
     ``sgd_check``): the new p, m and v must all be finite."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    b1 = t(beta1)
-    b2 = t(beta2)
-    c1 = t(1.0 - beta1)
-    c2 = t(1.0 - beta2)
-    wd = t(weight_decay)
-    step_size = t(lr / (1.0 - beta1**step))
-    inv_bc2 = t(1.0 / (1.0 - beta2**step))
-    eps_ = t(eps)
+    inf = p.dtype.type(np.inf)
+    b1, b2, c1, c2, wd, step_size, inv_bc2, eps_ = _adam_constants(p, step, lr, beta1, beta2,
+                                                                   eps, weight_decay)
     ok = True
     for i in range(p.size):
         mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
@@ -244,17 +244,9 @@ def sgd_fused(p, g, v, pn, vn, lr, momentum, dampening, weight_decay, nesterov, 
     reads them once (issue 16; docs/performance.md, "one pass").
     The arithmetic is ``sgd_update``'s, operation for operation, so the
     values written are bit for bit those of the in-place update."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    lr_ = t(lr)
-    mu = t(momentum)
-    keep = mu
-    damp = t(1.0 - dampening)
-    if first:
-        keep = t(0.0)
-        damp = t(1.0)
-    wd = t(weight_decay)
-    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    inf = p.dtype.type(np.inf)
+    lr_, mu, keep, damp, wd, mode = _sgd_constants(p, lr, momentum, dampening, weight_decay,
+                                                   nesterov, first)
     ok = True
     for i in range(p.size):
         # the arithmetic of sgd_update and sgd_check, shared (_sgd_values)
@@ -274,16 +266,9 @@ def adam_fused(p, g, m, v, pn, mn, vn, step, lr, beta1, beta2, eps, weight_decay
     """``adam_update`` and ``adam_check`` in one pass, as ``sgd_fused``:
     reads p, g, m, v once, writes the new values into pn, mn, vn and
     returns the status; p, g, m, v are not written."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    b1 = t(beta1)
-    b2 = t(beta2)
-    c1 = t(1.0 - beta1)
-    c2 = t(1.0 - beta2)
-    wd = t(weight_decay)
-    step_size = t(lr / (1.0 - beta1**step))
-    inv_bc2 = t(1.0 / (1.0 - beta2**step))
-    eps_ = t(eps)
+    inf = p.dtype.type(np.inf)
+    b1, b2, c1, c2, wd, step_size, inv_bc2, eps_ = _adam_constants(p, step, lr, beta1, beta2,
+                                                                   eps, weight_decay)
     ok = True
     for i in range(p.size):
         mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
@@ -305,17 +290,9 @@ def sgd_in_place(p, g, v, lr, momentum, dampening, weight_decay, nesterov, first
     alias checks send ``sgd_fused``'s loop to its scalar version (1.2x the
     step time at 784-256-128-10 b64).  Each new value is tested, not their
     sum, so that the status is the exact one without the old values."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    lr_ = t(lr)
-    mu = t(momentum)
-    keep = mu
-    damp = t(1.0 - dampening)
-    if first:
-        keep = t(0.0)
-        damp = t(1.0)
-    wd = t(weight_decay)
-    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    inf = p.dtype.type(np.inf)
+    lr_, mu, keep, damp, wd, mode = _sgd_constants(p, lr, momentum, dampening, weight_decay,
+                                                   nesterov, first)
     ok = True
     for i in range(p.size):
         vi, pi = _sgd_values(p[i], g[i], v[i], lr_, mu, keep, damp, wd, mode)
@@ -335,17 +312,9 @@ def sgd_journal(p, g, v, pn, vn, lr, momentum, dampening, weight_decay, nesterov
     the new values into p and v that a single step into second buffers
     needs after it (235 k parameters and momenta: ~0.1 ms, 0.3x the
     products of a 784-256-128-10 b64 step)."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    lr_ = t(lr)
-    mu = t(momentum)
-    keep = mu
-    damp = t(1.0 - dampening)
-    if first:
-        keep = t(0.0)
-        damp = t(1.0)
-    wd = t(weight_decay)
-    mode = 0 if momentum == 0.0 else (1 if nesterov else 2)
+    inf = p.dtype.type(np.inf)
+    lr_, mu, keep, damp, wd, mode = _sgd_constants(p, lr, momentum, dampening, weight_decay,
+                                                   nesterov, first)
     ok = True
     for i in range(p.size):
         p0 = p[i]
@@ -364,16 +333,9 @@ def sgd_journal(p, g, v, pn, vn, lr, momentum, dampening, weight_decay, nesterov
 def adam_journal(p, g, m, v, pn, mn, vn, step, lr, beta1, beta2, eps, weight_decay):
     """``adam_in_place`` keeping the old values in pn, mn, vn, as
     ``sgd_journal``."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    b1 = t(beta1)
-    b2 = t(beta2)
-    c1 = t(1.0 - beta1)
-    c2 = t(1.0 - beta2)
-    wd = t(weight_decay)
-    step_size = t(lr / (1.0 - beta1**step))
-    inv_bc2 = t(1.0 / (1.0 - beta2**step))
-    eps_ = t(eps)
+    inf = p.dtype.type(np.inf)
+    b1, b2, c1, c2, wd, step_size, inv_bc2, eps_ = _adam_constants(p, step, lr, beta1, beta2,
+                                                                   eps, weight_decay)
     ok = True
     for i in range(p.size):
         p0 = p[i]
@@ -394,16 +356,9 @@ def adam_journal(p, g, m, v, pn, mn, vn, step, lr, beta1, beta2, eps, weight_dec
 @njit(**JIT_CHECK)
 def adam_in_place(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """``adam_fused`` writing over p, m and v, as ``sgd_in_place``."""
-    t = p.dtype.type
-    inf = t(np.inf)
-    b1 = t(beta1)
-    b2 = t(beta2)
-    c1 = t(1.0 - beta1)
-    c2 = t(1.0 - beta2)
-    wd = t(weight_decay)
-    step_size = t(lr / (1.0 - beta1**step))
-    inv_bc2 = t(1.0 / (1.0 - beta2**step))
-    eps_ = t(eps)
+    inf = p.dtype.type(np.inf)
+    b1, b2, c1, c2, wd, step_size, inv_bc2, eps_ = _adam_constants(p, step, lr, beta1, beta2,
+                                                                   eps, weight_decay)
     ok = True
     for i in range(p.size):
         mi, vi, pi = _adam_values(p[i], g[i], m[i], v[i], b1, b2, c1, c2, wd, step_size,
