@@ -738,11 +738,11 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     # 784-256-128-10 b64 (docs/performance.md, "Issue 16, fifth round").
     # Fewer steps update in place too, each keeping the old values in the
     # second buffers as it writes the new ones (JOURNAL, optim.sgd_journal;
-    # train_step copies them back when the step fails): the copy costs
-    # about one update, which the steps without a journal repay from about
-    # three on (1024-2048-2048-10 b64: 1.47x the floor with two steps a
-    # call after a copy, 1.31x with the second buffers; 1.20 against 1.40
-    # at eight).
+    # train_step copies them back when the step fails).  The copy costs
+    # about one update, which steps without a journal repay from about three
+    # on: at 1024-2048-2048-10 b64, two steps a call ran at 1.47x the floor
+    # after a copy and 1.30-1.31x with the journal, eight steps at
+    # 1.16-1.18x in place and 1.23-1.27x with the journal.
     in_place = nb >= IN_PLACE_MIN_STEPS
     step0 = step
     step_kind = opt_kind
