@@ -808,9 +808,9 @@ class MLP:
 
     def _slicer(self, batch_size):
         """The ``_responsive.Slicer`` of this model's epochs of ``batch_size``
-        rows: one per model and batch size, so that a fit called one epoch
-        at a time (scikit-learn's loop, a user's) starts its epochs with
-        slices of the size measured before (not a first slice of
+        rows, kept for the last batch size used, so that a fit called one
+        epoch at a time (scikit-learn's loop, a user's) starts its epochs
+        with slices of the size measured before (not a first slice of
         ``FIRST_FLOPS`` each time)."""
         key = (batch_size, self.widths.tobytes())
         cached = self.__dict__.get("_slicers")

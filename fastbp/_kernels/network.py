@@ -512,9 +512,11 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
     BACKWARD: ``backward_block`` (W at ``params[off]``); GATHER: the gather
     of a batch (``da[r] = h_in[rows[off + r]]`` for the d_in rows r of the
     batch, d_out values each, a block of rows per thread; only off, d_in,
-    h_in, da and rows are read).
+    h_in, da and rows are read); FORWARD_ROWS and FORWARD_SUM: the two
+    phases of a layer split by rows of W (``forward_split``; dh holds the
+    second thread's part).
 
-    One parallel leaf for all three, whose loop body is a call of a serial
+    One parallel leaf for all of them, whose loop body is a call of a serial
     leaf: Numba's parfor passes cost about 1 s of CPU per
     parallel function on a cold compile, and took 5-15 s with the block's
     body or the whole step inside (docs/performance.md)."""

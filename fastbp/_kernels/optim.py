@@ -432,8 +432,8 @@ def fused_update(kind, p, g, s1, s2, hp, step, pn, s1n, s2n):
 @intrinsic
 def copy_into(typingctx, dst, src):
     """dst[:] = src for two C-contiguous 1-D arrays of one dtype (the
-    smaller size is copied): one ``llvm.memcpy``.  Why not a loop: the
-    epoch copies at three places (``adopt_update``), and each inlined,
+    smaller size is copied): one ``llvm.memcpy``.  Why not a loop: the step
+    and the epoch copy at three places (``adopt_update``), and each inlined,
     vectorised copy loop cost the first fit's compile ~0.1 s (a leaf of its
     own cost as much again); ``dst[:] = src`` compiles NumPy's
     shape-mismatch message formatting."""
