@@ -142,7 +142,8 @@ def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0
     up to 180 rows a batch with SGD, 360 with Adam)."""
     if flops < 2 * PARALLEL_MIN_FLOPS:
         # too small for any split; and numba.get_num_threads() costs ~2 us,
-        # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5)
+        # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5;
+        # its fast path repeats this rule inline, without the call)
         return 1, NO_GUARD
     nt = numba.get_num_threads()
     if nt > 1 and (flops < PARALLEL_MIN_FLOPS * nt

@@ -12,11 +12,13 @@ import itertools
 import sys
 import time
 from itertools import starmap
+from operator import is_
 
 import numba
 import numpy as np
 
 from . import _responsive as _r
+from . import _threads
 from . import _validation as v
 from ._io import load_model_file, save_model_file
 from ._kernels import activations as _act
@@ -135,21 +137,46 @@ def _entry_point(dispatcher, args):
         return None
 
 
+def _run_step(epoch, args, opt):
+    """(status, loss) of ``epoch(*args)``, one training step, with the
+    optimizer's step count taken from its result even when a Ctrl-C arrives
+    as it returns (_responsive.call_committing, inline: train_on_batch's
+    per-call path)."""
+    box = []
+    try:
+        box.extend(starmap(epoch, (args,)))  # a C call: no signal between the two
+    finally:
+        if box:
+            opt.step_ = int(box[0][4])
+    r = box[0]
+    return r[0], r[2]
+
+
 class _BatchCall:
     """What train_on_batch's fast path passes unchanged from call to call,
     kept after a call of the checked path: the checked structure, the
-    optimizer, its checked hyper-parameters and bound state (all compared
-    by identity on each call, their layouts rechecked by
-    ``_check_structure``, ``Optimizer._cached_hp`` and
-    ``Optimizer._cached_state``, which change nothing) and the workspace,
-    as train_epoch's records (_kernels/records.py)."""
+    optimizer, its checked hyper-parameters and bound state and the
+    workspace, as train_epoch's records (_kernels/records.py), and what
+    they rest on.
 
-    __slots__ = ("cap", "ck", "entry", "flops_per_row", "hp", "n_params", "net", "opt",
-                 "opt_head", "order", "pack_per_row", "state", "ws", "ws_record")
+    ``holds`` compares what ``MLP._check_structure``,
+    ``Optimizer._cached_hp`` and ``Optimizer._cached_state`` compare, at
+    once: the model's and optimizer's current objects (by identity) and the
+    layouts of the arrays this record holds (the same arrays while the
+    identities match).  One comparison instead of the three calls: 2.6 of
+    train_on_batch's 5.1 us of Python went to them (issue 16, item 5;
+    docs/performance.md).
+    """
+
+    __slots__ = ("cap", "ck", "d_in", "dtype", "entry", "flops_per_row", "hp", "labels_ok",
+                 "n_params", "net", "opt", "opt_head", "order", "pack_per_row", "saved",
+                 "state", "ws", "ws_record")
 
     def __init__(self, model, ck, opt, hp, ws):
         self.ck, self.opt, self.hp, self.ws = ck, opt, hp, ws
         self.state = opt.state_
+        self.dtype, self.d_in = ck.dtype, ck.widths[0]
+        self.labels_ok = model.output == "softmax"  # int64 labels go to the kernel as they are
         self.cap = ws["order"].size
         self.order = ws["order"]
         self.flops_per_row = ws["flops_per_row"]
@@ -162,6 +189,33 @@ class _BatchCall:
         # the compiled epoch for the calls with int64 labels, found after the
         # first such call (_entry_point)
         self.entry = None
+        self.saved = self._snapshot(model)
+
+    def _snapshot(self, model):
+        """(the model's and optimizer's objects, the layouts of the arrays
+        held here)."""
+        ck, opt = self.ck, self.opt
+        w, c, p = ck.w, ck.c, ck.p
+        a, b = self.state
+        # the layouts of the arrays a user can reach (model.widths, codes,
+        # flat_params, opt.state_); the gradient buffer is never handed out
+        # (loss_and_grad returns views of another), so its identity suffices
+        return ((model.widths, model.codes, model._params, model._grads, model.output,
+                 model.dtype, model.alpha, model._ws, opt.state_) + opt._settings(opt),
+                (w.shape, w.dtype, w.flags.num, c.shape, c.dtype, c.flags.num,
+                 p.shape, p.dtype, p.flags.num, a.shape, a.dtype, a.flags.num,
+                 b.shape, b.dtype, b.flags.num))
+
+    def holds(self, model):
+        """True while nothing this record rests on has changed (see the
+        class docstring): the model's and optimizer's objects are the same
+        (by identity: a user's array or a dtype must not be compared by
+        value) and the arrays held here have their layouts still (the same
+        arrays while the identities hold).  ``model.optimizer`` must be
+        ``self.opt``."""
+        objects, layouts = self._snapshot(model)
+        saved_objects, saved_layouts = self.saved
+        return layouts == saved_layouts and all(map(is_, objects, saved_objects))
 
 
 class _Checked:
@@ -840,18 +894,19 @@ class MLP:
 
         Calls after the first, without ``optimizer`` or ``sample_weight``
         and with X already a C-contiguous, writeable array of the model's
-        dtype, take a fast path (4-6 us of Python per call at 64-128-10
+        dtype, take a fast path (about 4 us of Python per call at 64-128-10
         b32, docs/performance.md): the compiled step checks the values of X
         and of int64 labels as it reads them, with the same errors.
         """
-        ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         fast = self.__dict__.get("_tob")
         if (fast is not None and optimizer is None and sample_weight is None
-                and type(X) is np.ndarray and X.dtype is ck.dtype and X.ndim == 2
+                and type(X) is np.ndarray and X.dtype is fast.dtype and X.ndim == 2
                 and (X.flags.num & v.CAW) == v.CAW and 0 < X.shape[0] <= fast.cap
-                and X.shape[1] == ck.widths[0] and fast.ck is ck and ck.writeable
-                and self._ws is fast.ws and self.optimizer is fast.opt):
-            return self._train_on_batch_fast(X, y, ck, fast)
+                and X.shape[1] == fast.d_in and self.optimizer is fast.opt
+                and type(fast.opt.step_) is int and fast.opt.step_ >= 0
+                and fast.holds(self)):
+            return self._train_on_batch_fast(X, y, fast)
+        ck = self._check_structure()  # cached: see its docstring (and Optimizer's)
         X = self._check_X(X, ck=ck)
         n = X.shape[0]
         kind, y_int, y_f = self._check_y(y, n, ck=ck)
@@ -872,27 +927,22 @@ class MLP:
                                                   kind, opt, hp, ws)
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
-        self._tob = _BatchCall(self, ck, opt, hp, ws)
+        if ck.writeable:  # else the parameters were copied: the next call checks again
+            self._tob = _BatchCall(self, ck, opt, hp, ws)
         return loss / n
 
-    def _train_on_batch_fast(self, X, y, ck, fast):
+    def _train_on_batch_fast(self, X, y, fast):
         """train_on_batch after a first call with the same model structure,
-        optimizer and workspace (``_BatchCall``): X (checked here but for
-        its values) and int64 labels go to the epoch kernel as they are, and
-        the kernel checks their values as it gathers them (issue 16, item
-        5: the Python checks and calls around the step cost 22 us at
-        64-128-10 b32, more than half the step)."""
+        optimizer and workspace (``_BatchCall``, which the caller found
+        to hold): X (checked by the caller but for its values) and int64
+        labels go to the epoch kernel as they are, and the kernel checks
+        their values as it gathers them (issue 16, item 5: the Python checks
+        and calls around the step cost 22 us at 64-128-10 b32, more than
+        half the step)."""
         n = X.shape[0]
-        opt = fast.opt
-        if (opt._cached_hp(ck.dtype) is not fast.hp
-                or opt._cached_state(self._params) is not fast.state):
-            # settings or state changed: the checked path, once, with its
-            # checks in its order (X first) and bind's effects only after them
-            self._tob = None
-            return self.train_on_batch(X, y)
+        ck, opt = fast.ck, fast.opt
         labels = (type(y) is np.ndarray and y.dtype is _INT64 and y.ndim == 1
-                  and y.shape[0] == n and self.output == "softmax"
-                  and (y.flags.num & v.CAW) == v.CAW)
+                  and y.shape[0] == n and fast.labels_ok and (y.flags.num & v.CAW) == v.CAW)
         if labels:
             kind, y_int, y_f = _net.XENT_LABELS, y, ck.no_targets
         else:
@@ -901,26 +951,32 @@ class MLP:
             except (TypeError, ValueError):
                 self._check_X(X, ck=ck)  # the checked path reports a bad X first
                 raise
-        nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row, fast.n_params,
-                                 opt.kind)
+        if n * fast.flops_per_row < 2 * _threads.PARALLEL_MIN_FLOPS:
+            nt, guard = 1, None  # step_threads' first rule, without its call
+        else:
+            nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row,
+                                     fast.n_params, opt.kind)
         # the data record (records.data), inline: a Python call less per step
         args = ((X, y_int, y_f, ck.no_weights, kind), fast.order[:n], n, fast.net,
                 fast.opt_head + (opt.step_,), fast.ws_record, nt, 0.0, True)
-        box = []
         # with int64 labels every argument has the same Numba type from call
         # to call (X and y as checked above, the rest held by ``fast``), so
         # the compiled epoch is called directly, without the dispatcher
         # typing four records each time (_entry_point)
         entry = fast.entry if labels else None
-        with guard:
-            try:  # _responsive.call_committing, inline (a Python call less per step)
+        if guard is None:
+            box = []
+            try:  # _run_step, inline: a Python call less per step
                 box.extend(starmap(entry or _net.train_epoch, (args,)))
             finally:
                 if box:
                     opt.step_ = int(box[0][4])
+            status, _, loss, _, _ = box[0]
+        else:
+            with guard:
+                status, loss = _run_step(entry or _net.train_epoch, args, opt)
         if labels and entry is None:
             fast.entry = _entry_point(_net.train_epoch, args)
-        status, _, loss, _, _ = box[0]
         if status != 0:
             if status >= _net.BAD_X:  # the checks of the slow path raise its errors
                 self._check_X(X, ck=ck)
