@@ -7,6 +7,7 @@ Fitting again with the same object continues from that state.
 
 import operator
 import weakref
+from itertools import starmap
 
 import numpy as np
 
@@ -163,15 +164,22 @@ class Optimizer:
         params, grads = check_step_buffers(params, grads)
         hp = self._checked_hp(params.dtype)
         s1, s2 = self.bind(params)
-        status = _k.check_update(self.kind, params, grads, s1, s2, hp, self.step_ + 1)
-        if status == _k.BAD_GRADIENT:
+        box = []
+        try:  # one compiled call: the check, then the update if it passes
+            box.extend(starmap(_k.checked_update,
+                               ((self.kind, params, grads, s1, s2, hp, self.step_ + 1),)))
+        finally:
+            # counted with the update it made, even if a Ctrl-C arrives as
+            # the call returns (a C call puts the status in box: no signal
+            # between the two)
+            if box and box[0] == _k.UPDATE_OK:
+                self.step_ += 1
+        if box[0] == _k.BAD_GRADIENT:
             raise ValueError("grads must be finite; got NaN or infinity")
-        if status == _k.BAD_UPDATE:
+        if box[0] == _k.BAD_UPDATE:
             raise FloatingPointError("the update would make a parameter or optimizer state "
                                      "value non-finite (learning rate too large?); params "
                                      "and state are unchanged")
-        self.step_ += 1
-        _k.apply_update(self.kind, params, grads, s1, s2, hp, self.step_)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -131,6 +131,39 @@ def test_optimizer_state_continues():
     np.testing.assert_allclose(q, P0 - 0.1, rtol=1e-14)
 
 
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_a_refused_step_changes_nothing_and_is_not_counted(adam):
+    """Optimizer.step checks and updates in one compiled call
+    (optim.checked_update): a refused update leaves params, state and
+    step_ as they were, and the next good step is the one a run without
+    the refused one makes."""
+    opt = fb.Adam(lr=0.01) if adam else fb.SGD(lr=0.1, momentum=0.9)
+    p = P0.copy()
+    opt.step(p, np.ones_like(p))
+    before = (p.copy(), opt.state_[0].copy(), opt.state_[1].copy(), opt.step_)
+    bad = np.ones_like(p)
+    bad[3] = np.inf
+    with pytest.raises(ValueError, match="grads must be finite"):
+        opt.step(p, bad)
+    huge = np.full_like(p, np.finfo(p.dtype).max)  # Adam: v overflows
+    if not adam:
+        opt.lr = 1e300  # SGD: lr * v overflows
+    with pytest.raises(FloatingPointError, match="unchanged"):
+        opt.step(p, huge)
+    opt.lr = 0.01 if adam else 0.1
+    np.testing.assert_array_equal(p, before[0])
+    np.testing.assert_array_equal(opt.state_[0], before[1])
+    np.testing.assert_array_equal(opt.state_[1], before[2])
+    assert opt.step_ == before[3] == 1
+    opt.step(p, np.ones_like(p))
+    other = fb.Adam(lr=0.01) if adam else fb.SGD(lr=0.1, momentum=0.9)
+    q = P0.copy()
+    other.step(q, np.ones_like(q))
+    other.step(q, np.ones_like(q))
+    np.testing.assert_array_equal(p, q)
+    assert opt.step_ == other.step_ == 2
+
 # -- no float64 inside float32 paths ---------------------------------------------
 F32 = np.float32
 HOT_KERNELS = {
