@@ -5,6 +5,7 @@ differences, bad sparse input, and that X is never densified."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from test_threads import MID_EPOCH_FAILURES, _fit_against_train_on_batch
 
 import fastbp as fb
 from fastbp._kernels import sparse as ks
@@ -380,10 +381,10 @@ def test_mlp_sparse_sigmoid_output():
 @pytest.mark.parametrize("good_steps", [1, 2, 3])
 @pytest.mark.parametrize("adam", [False, True])
 def test_sparse_divergence_mid_epoch_keeps_the_last_good_step(good_steps, adam):
-    """The sparse epoch alternates its steps between two buffers (the
-    one-pass checked update): after a diverging step, the parameters and
-    optimizer state are those of the last good step, whichever buffer held
-    them, bit for bit as a fit over the good batches alone."""
+    """After a step whose loss diverges, the parameters and optimizer state
+    are those of the last good step, bit for bit as a fit over the good
+    batches alone (an epoch of 6 steps: in place after a copy; the copy
+    restored and the good steps replayed)."""
     bs = 8
     X = _csr(48, 10, 0.3, 21)
     y = np.random.default_rng(22).standard_normal((48, 2))
@@ -403,3 +404,28 @@ def test_sparse_divergence_mid_epoch_keeps_the_last_good_step(good_steps, adam):
     for a, b in zip(o.state_, o_ref.state_):
         np.testing.assert_array_equal(a, b)
     assert o.step_ == o_ref.step_ == good_steps
+
+
+@pytest.mark.parametrize("rows", [24, 160])
+@pytest.mark.parametrize(("widths", "make_opt", "what"), MID_EPOCH_FAILURES)
+def test_a_failed_update_of_a_sparse_epoch_leaves_the_steps_before_it(widths, make_opt, what,
+                                                                      rows):
+    """The sparse epoch updates in place as the dense one does (a copy and
+    a replay from 4 steps a call, the old values kept by each step below):
+    where an update (or, with a hidden layer, the loss) fails, the model
+    must be bit for bit where one train_on_batch per batch leaves it.  The
+    update fails at step 19 and the loss at step 11 (MID_EPOCH_FAILURES):
+    with 24 rows (3 steps) the growing weights are made to fail at step 2."""
+    X = _csr(rows, 40, 0.2, 31, np.float32)
+    y = np.random.default_rng(32).integers(0, 3, rows)
+
+    def model():
+        m = fb.MLP(widths, dtype="float32", seed=0)
+        if rows < 64:
+            m.flat_params[:] *= np.float32(99.0**17)  # the second step overflows
+        m.optimizer = make_opt()
+        return m
+
+    if rows < 64 and len(widths) > 2:
+        what = "loss|update"
+    _fit_against_train_on_batch(model, X, y, what, 1)

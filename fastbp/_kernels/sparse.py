@@ -30,6 +30,7 @@ from .blas import matmul
 from .config import JIT
 from .dense import bias_activation, delta_in_place
 from .network import (
+    IN_PLACE_MIN_STEPS,
     JIT_INLINE,
     backward,
     forward,
@@ -39,7 +40,7 @@ from .network import (
     unowned,
     view2d,
 )
-from .optim import adopt_update, fused_update
+from .optim import JOURNAL, adopt_update, fused_update
 
 
 @njit(**JIT)
@@ -222,8 +223,10 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
     """network.train_step with X as CSR rows: same checks and statuses
     (0 success, 1 non-finite loss, 2 non-finite gradient, 3 non-finite
     update; then the step's values are to be dropped), and the same
-    one-pass checked update into the second buffers p_next, s1_next,
-    s2_next (``optim.fused_update``; params, s1 and s2 are only read).
+    one-pass checked update (``optim.fused_update``): into the second
+    buffers p_next, s1_next, s2_next; in place when p_next is params; in
+    place with the old values kept in the second buffers when ``opt_kind``
+    has JOURNAL added, and then copied back here if the step fails.
     Returns (status, loss, n_correct, step)."""
     loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
                                       y_int, y_f, sw, acts, delta_a, rw)
@@ -236,6 +239,8 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
     status = fused_update(opt_kind, params, grads, s1, s2, hp, step + 1, p_next, s1_next,
                           s2_next)
     if status != 0:
+        if opt_kind >= JOURNAL:  # the update was made in place: back to the old values
+            adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
         return status, loss, c, step
     return 0, loss, c, step + 1
 
@@ -249,11 +254,21 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
     Each step gathers its rows ``perm[start:start + m]`` into the CSR batch
     buffers ``sbatch`` = (bdata, bindices, bindptr): room for the largest
     batch's entries, and batch_size + 1 row pointers; and its targets as
-    train_epoch does.  Steps alternate between (params, s1, s2) and the
-    second buffers (p_next, s1_next, s2_next) as in train_epoch; on return
-    params, s1, s2 hold the values of the last good step.
+    train_epoch does.  The update is made in place as in train_epoch: a
+    call of IN_PLACE_MIN_STEPS batches or more first copies params, s1, s2
+    into the second buffers (p_next, s1_next, s2_next) and a failed step
+    restores that copy and replays the good steps before it; a shorter call
+    keeps each step's old values in them (JOURNAL).  On return params, s1,
+    s2 hold the values of the last good step.
+
+    Why not steps alternating between the two sets of buffers, as before:
+    the update of every parameter dominates a sparse step (its products
+    touch only the rows of W_0 that the batch's columns name), and in place
+    it takes 0.49-0.56x the time of one into the other set at 0.2-6 M
+    parameters (docs/performance.md, "Issue 16, sixth round").
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
-    train_epoch, plus the loss of the last step taken.
+    train_epoch, plus the loss of the last step taken (the failed one, if
+    a step failed).
     """
     # without reference counting: network.unowned
     data, indices, indptr, y_int, y_f, sw, loss_kind = unowned(sdata)
@@ -267,32 +282,56 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
     loss_sum = loss_sum0
     correct = 0
     last = params.dtype.type(0)
+    failed_loss = last
     nb = (n + batch_size - 1) // batch_size
-    p_cur, s1_cur, s2_cur = params, s1, s2
-    p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
+    in_place = nb >= IN_PLACE_MIN_STEPS
+    step0 = step
+    step_kind = opt_kind
+    if in_place:
+        adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
+        p_nxt, s1_nxt, s2_nxt = params, s1, s2
+    else:
+        step_kind = opt_kind + JOURNAL
+        p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
     status = 0
+    failed = 0  # the status of a failed step being replayed up to
+    fail_at = nb
     bi = 0
-    while bi < nb:
+    while bi < fail_at:
         start = bi * batch_size
         m = min(batch_size, n - start)
         gather_rows(data, indices, indptr, perm[start:start + m], bdata, bindices, bindptr)
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         status, loss, c, step = train_step_sparse(
-            p_cur, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
-            yb_int[:m], yf, swv, opt_kind, hp, s1_cur, s2_cur, step, acts, delta_a, delta_b,
+            params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
+            yb_int[:m], yf, swv, step_kind, hp, s1, s2, step, acts, delta_a, delta_b,
             rw, p_nxt, s1_nxt, s2_nxt,
         )
+        last = loss
         if status != 0:
-            last = loss
-            break
-        p_cur, p_nxt = p_nxt, p_cur
-        s1_cur, s1_nxt = s1_nxt, s1_cur
-        s2_cur, s2_nxt = s2_nxt, s2_cur
+            if not in_place:  # the step put its old values back (train_step_sparse)
+                break
+            # back to the copy, then the good steps again (network.train_epoch)
+            adopt_update(opt_kind, hp, p_next, s1_next, s2_next, params, s1, s2)
+            if failed != 0:  # a replayed step failed (never seen): stop at the copy
+                step = step0
+                loss_sum = loss_sum0
+                correct = 0
+                bi = 0
+                break
+            failed = status
+            failed_loss = loss
+            fail_at = bi
+            step = step0
+            loss_sum = loss_sum0
+            correct = 0
+            bi = 0
+            continue
         loss_sum += float(loss) * m
         correct += c
-        last = loss
         bi += 1
-    if p_cur.ctypes.data != params.ctypes.data:
-        adopt_update(opt_kind, hp, p_cur, s1_cur, s2_cur, params, s1, s2)
+    if failed != 0:
+        status = failed
+        last = failed_loss
     return status, bi, loss_sum, correct, step, last
