@@ -125,6 +125,33 @@ PARALLEL_MIN_FLOPS = 2e6
 SPLIT_MAX_PACKED = (3.0, 6.0)
 
 
+#: a sparse step splits its update between threads from this many
+#: parameters on (``sparse_threads``)
+SPARSE_SPLIT_MIN_PARAMS = 1 << 16
+
+
+def sparse_threads(tail_flops, params):
+    """(threads for the update of a sparse step, the BLAS guard to hold).
+
+    A sparse step's products touch only the rows of W_0 its batch names,
+    but its update reads and writes every parameter: at 20000-100-10 b200
+    the update is most of the step.  It is split between Numba's threads
+    (each thread updates a block, element by element as one thread would:
+    the same result on any thread count) when there are at least
+    ``SPARSE_SPLIT_MIN_PARAMS`` parameters, and only where the products of
+    the dense layers after the first (``tail_flops`` per step) are too
+    small to split (below PARALLEL_MIN_FLOPS a thread): those run with
+    OpenBLAS held to one thread, since its threads and Numba's must not
+    spin against each other (docs/performance.md, "Split step or
+    OpenBLAS's threads")."""
+    if params < SPARSE_SPLIT_MIN_PARAMS:
+        return 1, NO_GUARD
+    nt = numba.get_num_threads()
+    if nt > 1 and tail_flops < PARALLEL_MIN_FLOPS * nt:
+        return nt, BLAS_SINGLE
+    return 1, NO_GUARD
+
+
 def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0):
     """(threads a training step uses, the BLAS guard to hold around it).
 

@@ -730,12 +730,15 @@ class MLP:
         commit = _committer(opt, 4)
 
         if sparse:
+            nt, guard = self._sparse_threads(batch_size)
+
             def call(a, b, loss_sum):
-                out = _r.call_committing(train_epoch_sparse, (
-                    _rec.sparse_data(X.data, X.indices, X.indptr, y_int, y_f, sw, kind),
-                    perm[a:b], batch_size, self._net_record(),
-                    _rec.optimizer(opt.kind, hp, s1, s2, opt.step_), _rec.workspace(ws), sb,
-                    loss_sum), commit)
+                with guard:
+                    out = _r.call_committing(train_epoch_sparse, (
+                        _rec.sparse_data(X.data, X.indices, X.indptr, y_int, y_f, sw, kind),
+                        perm[a:b], batch_size, self._net_record(),
+                        _rec.optimizer(opt.kind, hp, s1, s2, opt.step_), _rec.workspace(ws),
+                        sb, loss_sum, nt), commit)
                 return out[0], out[1], out[2], out[3]
         else:
             def call(a, b, loss_sum):
@@ -985,6 +988,13 @@ class MLP:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         return loss / n
 
+    def _sparse_threads(self, batch_size):
+        """``_threads.sparse_threads`` for steps of ``batch_size`` rows of
+        sparse X: (threads of each step's update, the BLAS guard)."""
+        w = [int(d) for d in self.widths]
+        tail = 6.0 * batch_size * sum(a * b for a, b in itertools.pairwise(w[1:]))
+        return _threads.sparse_threads(tail, self._params.size)
+
     def _train_on_sparse_batch(self, X, kind, y_int, y_f, sw, opt):
         """train_on_batch for SparseRows X: the sparse epoch kernel over all
         rows in order as one batch (one step, the same update)."""
@@ -993,12 +1003,14 @@ class MLP:
         ws = self._workspace(max(n, self._ws_key[0]) if self._ws_key else n,
                              dense_x=False)
         sb = _sparse_batch_buffers(X, n)
-        status, _, _, _, _, loss = _r.call_committing(
-            _sparse_kernels().train_epoch_sparse, (
-                _rec.sparse_data(X.data, X.indices, X.indptr, y_int, y_f, sw, kind),
-                np.arange(n), n, self._net_record(),
-                _rec.optimizer(opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_),
-                _rec.workspace(ws), sb, 0.0), _committer(opt, 4))
+        nt, guard = self._sparse_threads(n)
+        with guard:
+            status, _, _, _, _, loss = _r.call_committing(
+                _sparse_kernels().train_epoch_sparse, (
+                    _rec.sparse_data(X.data, X.indices, X.indptr, y_int, y_f, sw, kind),
+                    np.arange(n), n, self._net_record(),
+                    _rec.optimizer(opt.kind, opt._checked_hp(self.dtype), s1, s2, opt.step_),
+                    _rec.workspace(ws), sb, 0.0, nt), _committer(opt, 4))
         if status != 0:
             raise DivergenceError.from_status(status, self.epochs_trained + 1, 1, n)
         return float(loss)

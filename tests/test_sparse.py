@@ -406,16 +406,20 @@ def test_sparse_divergence_mid_epoch_keeps_the_last_good_step(good_steps, adam):
     assert o.step_ == o_ref.step_ == good_steps
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows", [24, 160])
 @pytest.mark.parametrize(("widths", "make_opt", "what"), MID_EPOCH_FAILURES)
 def test_a_failed_update_of_a_sparse_epoch_leaves_the_steps_before_it(widths, make_opt, what,
-                                                                      rows):
+                                                                      rows, threads,
+                                                                      monkeypatch):
     """The sparse epoch updates in place as the dense one does (a copy and
     a replay from 4 steps a call, the old values kept by each step below):
     where an update (or, with a hidden layer, the loss) fails, the model
     must be bit for bit where one train_on_batch per batch leaves it.  The
     update fails at step 19 and the loss at step 11 (MID_EPOCH_FAILURES):
-    with 24 rows (3 steps) the growing weights are made to fail at step 2."""
+    with 24 rows (3 steps) the growing weights are made to fail at step 2.
+    On 2 threads the update is split between them, even this small one."""
+    monkeypatch.setattr(fb._threads, "SPARSE_SPLIT_MIN_PARAMS", 0)
     X = _csr(rows, 40, 0.2, 31, np.float32)
     y = np.random.default_rng(32).integers(0, 3, rows)
 
@@ -428,4 +432,33 @@ def test_a_failed_update_of_a_sparse_epoch_leaves_the_steps_before_it(widths, ma
 
     if rows < 64 and len(widths) > 2:
         what = "loss|update"
-    _fit_against_train_on_batch(model, X, y, what, 1)
+    _fit_against_train_on_batch(model, X, y, what, threads)
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_sparse_fit_is_the_same_on_one_and_two_threads(adam, monkeypatch):
+    """The sparse step's update split between two threads
+    (_threads.sparse_threads) computes each element as one thread does:
+    the same parameters and state, bit for bit (the rule takes the split
+    on two threads: asserted)."""
+    import numba
+
+    monkeypatch.setattr(fb._threads, "SPARSE_SPLIT_MIN_PARAMS", 0)
+    X = _csr(96, 300, 0.05, 41, np.float32)
+    y = np.random.default_rng(42).integers(0, 4, 96)
+    got = []
+    old = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            m = fb.MLP([300, 24, 4], dtype="float32", seed=0, alpha=1e-3)
+            m.fit(X, y, epochs=2, batch_size=16, shuffle=True,
+                  optimizer=fb.Adam(lr=1e-2) if adam else fb.SGD(lr=0.1, momentum=0.9))
+            m.train_on_batch(X[:16], y[:16])
+            got.append((m.flat_params.copy(), [a.copy() for a in m.optimizer.state_]))
+            assert m._sparse_threads(16)[0] == threads
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    for a, b in zip(got[0][1], got[1][1], strict=True):
+        np.testing.assert_array_equal(a, b)

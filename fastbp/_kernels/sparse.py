@@ -30,8 +30,13 @@ from .blas import matmul
 from .config import JIT
 from .dense import bias_activation, delta_in_place
 from .network import (
+    _NO_ROWS,
+    BAD_GRADIENT_SEVERITY,
+    BAD_UPDATE_SEVERITY,
     IN_PLACE_MIN_STEPS,
     JIT_INLINE,
+    UPDATE,
+    _layer_par,
     backward,
     forward,
     forward_loss,
@@ -40,7 +45,14 @@ from .network import (
     unowned,
     view2d,
 )
-from .optim import JOURNAL, adopt_update, fused_update
+from .optim import (
+    BAD_GRADIENT,
+    BAD_UPDATE,
+    JOURNAL,
+    UPDATE_OK,
+    adopt_update,
+    fused_update,
+)
 
 
 @njit(**JIT)
@@ -219,14 +231,17 @@ def loss_and_grad_sparse(params, grads, widths, codes, loss_kind, alpha,
 @njit(**JIT_INLINE)
 def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indices, indptr,
                       y_int, y_f, sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b,
-                      rw, p_next, s1_next, s2_next):
+                      rw, p_next, s1_next, s2_next, nt, scratch):
     """network.train_step with X as CSR rows: same checks and statuses
     (0 success, 1 non-finite loss, 2 non-finite gradient, 3 non-finite
     update; then the step's values are to be dropped), and the same
     one-pass checked update (``optim.fused_update``): into the second
     buffers p_next, s1_next, s2_next; in place when p_next is params; in
     place with the old values kept in the second buffers when ``opt_kind``
-    has JOURNAL added, and then copied back here if the step fails.
+    has JOURNAL added, and then copied back here if the step fails.  With
+    nt > 1 the update is split between nt threads (``network.layer_par``,
+    UPDATE; ``scratch`` holds 2 nt values): element by element the same
+    values, so the same result on any thread count.
     Returns (status, loss, n_correct, step)."""
     loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
                                       y_int, y_f, sw, acts, delta_a, rw)
@@ -236,8 +251,21 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
                             data, indices, indptr, h1, acts, delta_a, delta_b)
     if not np.isfinite(loss):  # the L2 term overflowed
         return 1, loss, c, step
-    status = fused_update(opt_kind, params, grads, s1, s2, hp, step + 1, p_next, s1_next,
-                          s2_next)
+    if nt > 1:
+        # the update of every parameter is most of a sparse step (its
+        # products touch only the rows of W_0 the batch names): on nt threads
+        dummy = view2d(acts, 0, 0, 1)
+        _layer_par(UPDATE, (params, grads, 0, params.size, 0, dummy, dummy, dummy, 0, 0.0),
+                   (opt_kind, hp, s1, s2, step + 1), (p_next, s1_next, s2_next), nt, scratch,
+                   _NO_ROWS)
+        worst = 0
+        for t in range(nt):
+            worst = max(worst, int(scratch[nt + t]))
+        status = (BAD_GRADIENT if worst == BAD_GRADIENT_SEVERITY
+                  else BAD_UPDATE if worst == BAD_UPDATE_SEVERITY else UPDATE_OK)
+    else:
+        status = fused_update(opt_kind, params, grads, s1, s2, hp, step + 1, p_next, s1_next,
+                              s2_next)
     if status != 0:
         if opt_kind >= JOURNAL:  # the update was made in place: back to the old values
             adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
@@ -246,7 +274,7 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indi
 
 
 @njit(**JIT)
-def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0):
+def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0, nt):
     """network.train_epoch for X given as CSR rows: ``sdata`` is the sparse
     data record and ``net``, ``opt``, ``ws`` the other records of
     ``records.py`` (the workspace's xb and scratch are not read).
@@ -266,6 +294,8 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
     touch only the rows of W_0 that the batch's columns name), and in place
     it takes 0.49-0.56x the time of one into the other set at 0.2-6 M
     parameters (docs/performance.md, "Issue 16, sixth round").
+    nt: threads of each step's update (``train_step_sparse``); the caller
+    holds OpenBLAS to one thread when nt > 1 (``_threads.sparse_threads``).
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
     train_epoch, plus the loss of the last step taken (the failed one, if
     a step failed).
@@ -274,7 +304,8 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
     data, indices, indptr, y_int, y_f, sw, loss_kind = unowned(sdata)
     params, grads, widths, codes, alpha = unowned(net)
     opt_kind, hp, s1, s2, step = unowned(opt)
-    _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, _ = unowned(ws)
+    _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, scratch = (
+        unowned(ws))
     bdata, bindices, bindptr = unowned(sbatch)
     perm = unowned(perm)
     n = perm.size
@@ -306,7 +337,7 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0)
         status, loss, c, step = train_step_sparse(
             params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
             yb_int[:m], yf, swv, step_kind, hp, s1, s2, step, acts, delta_a, delta_b,
-            rw, p_nxt, s1_nxt, s2_nxt,
+            rw, p_nxt, s1_nxt, s2_nxt, nt, scratch,
         )
         last = loss
         if status != 0:
