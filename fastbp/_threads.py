@@ -126,8 +126,13 @@ SPLIT_MAX_PACKED = (3.0, 6.0)
 
 
 #: a sparse step splits its update between threads from this many
-#: parameters on (``sparse_threads``)
-SPARSE_SPLIT_MIN_PARAMS = 1 << 16
+#: parameters on (``sparse_threads``).  Measured on 2 threads (fit time,
+#: split / one thread): 0.92-0.94 at 128 k parameters, 0.79-0.81 at 500 k,
+#: 0.82-0.92 at 2 M, 0.76-0.83 at 5 M; but the first split fit compiles
+#: the parallel ``network.layer_par`` (about 1.9 s of CPU once, then cached
+#: on disk, unless a dense fit on several threads compiled it before), which
+#: at 128 k parameters only 60 k steps would repay, at 2 M about 4 k
+SPARSE_SPLIT_MIN_PARAMS = 1 << 20
 
 
 def sparse_threads(tail_flops, params):
