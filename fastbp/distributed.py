@@ -284,30 +284,71 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
     INTERRUPT, SAVE = P + _dk.TAIL, P + _dk.TAIL + 1
     ws = model._workspace(max(1, min(batch_size, n_local)))
     tail = gbuf[P:]
-    # The steps alternate between the model's buffers and the workspace's
-    # second ones, as the single-process epoch does (finish_step writes the
-    # new values into the other set, adopted when all finite): cur holds the
-    # last good step's values.  sync() puts them into the model's own
-    # buffers wherever anything else may read them: before a checkpoint,
-    # at an epoch's end, on any exception.
+    # The steps update the model's buffers in place (finish_step with them as
+    # its "next" buffers), as the single-process epoch of several steps does:
+    # each epoch first copies the parameters and state into the workspace's
+    # second buffers, and a failed step (the same status on every rank: all
+    # hold the same values and the same summed gradient) restores that copy
+    # and replays the epoch's good steps, their gradients summed again (MPI
+    # advises that a reduction of the same arguments in the same order give
+    # the same result; MPICH's does), so that the model holds the last good
+    # step's values.  Steps alternating between the two sets of buffers cost
+    # 1.9-2.3x the update in place at 0.2-6 M parameters (docs/performance.md,
+    # "Issue 16, sixth round").
     own = (model._params, s1, s2)
     second = (ws["p_next"], ws["s1_next"], ws["s2_next"])
-    # the kernels' records (_kernels/records.py) but the parameters, which
-    # alternate between own and second
+    # the kernels' records (_kernels/records.py)
     data = _rec.data(X, y_int, y_f, sw, kind)
-    net_tail = (model._grads, model.widths, model.codes, model.alpha)
+    net = _rec.network(model._params, model._grads, model.widths, model.codes, model.alpha)
     ws_record = _rec.workspace(ws)
-    cur = own
 
-    def sync():
-        nonlocal cur
-        if cur is not own:
-            np.copyto(model._params, cur[0])
-            if opt.kind == ADAM or hp[1] != 0.0:  # what the update writes (adopt_update)
-                np.copyto(s1, cur[1])
-            if opt.kind == ADAM:
-                np.copyto(s2, cur[2])
-            cur = own
+    def copy(src, dst):
+        np.copyto(dst[0], src[0])
+        if opt.kind == ADAM or hp[1] != 0.0:  # what the update writes (adopt_update)
+            np.copyto(dst[1], src[1])
+        if opt.kind == ADAM:
+            np.copyto(dst[2], src[2])
+
+    def summed_gradient(perm, t, replay=False):
+        """local_sums of step t and the Allreduce; None on success, else the
+        local exception (the failure flag is set in gbuf for the others).
+        A replay raises no flags of its own (Ctrl-C, checkpoint)."""
+        nonlocal t_allreduce, n_steps
+        start = t * batch_size
+        m = min(batch_size, n_local - start)
+        err = None
+        try:
+            if m > 0:
+                _dk.local_sums(data, perm, start, m, net, ws_record, gbuf)
+            else:
+                gbuf[:P + _dk.TAIL].fill(0)
+        except Exception as exc:  # noqa: BLE001 - agreed on by the caller
+            err = exc
+            gbuf[:P + _dk.TAIL].fill(0)
+            tail[_dk.FAILED] = 1
+        gbuf[INTERRUPT] = 0 if replay else _r.pending()
+        gbuf[SAVE] = (not replay and rank == 0 and every_s is not None
+                      and checkpoint is not None
+                      and time.monotonic() - last_save >= every_s)
+        t0 = time.perf_counter()
+        comm.Allreduce(MPI.IN_PLACE, gbuf, op=MPI.SUM)
+        t_allreduce += time.perf_counter() - t0
+        n_steps += 1
+        return err
+
+    def replay(perm, t0, t1, step):
+        """Back to the epoch's copy (steps before t0 taken), then its steps
+        t0 .. t1 - 1 again; returns the step count after them."""
+        copy(second, own)
+        for t in range(t0, t1):
+            summed_gradient(perm, t, replay=True)
+            status, _, step = _dk.finish_step(
+                net, gbuf, _rec.optimizer(opt.kind, hp, s1, s2, step), own)
+            if tail[_dk.FAILED] != 0 or status != 0:  # never seen: stop at the copy
+                copy(second, own)
+                return None
+        return step
+
     classify = model.output in CLASSIFIER_OUTPUTS
     history = {"loss": []}
     if classify:
@@ -327,7 +368,6 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
 
     def save(mid_epoch):
         nonlocal last_save
-        sync()
         model._partial = None if not mid_epoch else model._partial_record(
             rng_state, n_local, batch_size, state, size)
         try:
@@ -358,33 +398,16 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                 else:
                     perm = np.arange(n_local)
                 step = opt.step_
+                # the copy a failed step goes back to (see above)
+                copy(own, second)
+                kept_t, kept_step = state.done, step
                 if bar is not None:
                     bar.start_epoch(epoch)
                 # the running figures shown: of the steps taken in this call
                 shown_at, rows_new = time.monotonic(), 0
                 shown_loss = shown_correct = shown_rows = 0.0
                 for t in range(state.done, steps):
-                    start = t * batch_size
-                    m = min(batch_size, n_local - start)
-                    net = _rec.network(cur[0], *net_tail)  # both halves of the step
-                    err = None
-                    try:
-                        if m > 0:
-                            _dk.local_sums(data, perm, start, m, net, ws_record, gbuf)
-                        else:
-                            gbuf[:P + _dk.TAIL].fill(0)
-                    except Exception as exc:  # noqa: BLE001 - agreed on below
-                        err = exc
-                        gbuf[:P + _dk.TAIL].fill(0)
-                        tail[_dk.FAILED] = 1
-                    gbuf[INTERRUPT] = _r.pending()
-                    gbuf[SAVE] = (rank == 0 and every_s is not None
-                                  and checkpoint is not None
-                                  and time.monotonic() - last_save >= every_s)
-                    t0 = time.perf_counter()
-                    comm.Allreduce(MPI.IN_PLACE, gbuf, op=MPI.SUM)
-                    t_allreduce += time.perf_counter() - t0
-                    n_steps += 1
+                    err = summed_gradient(perm, t)
                     if tail[_dk.FAILED] != 0:
                         if err is not None:
                             raise _Agreed(err)
@@ -399,12 +422,14 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                         model._partial = model._partial_record(
                             rng_state, n_local, batch_size, state, size)
                         raise _Agreed(KeyboardInterrupt())
-                    nxt = second if cur is own else own
-                    status, batch_loss, step = _dk.finish_step(
-                        net, gbuf, _rec.optimizer(opt.kind, hp, cur[1], cur[2], step), nxt)
+                    status, batch_loss, new_step = _dk.finish_step(
+                        net, gbuf, _rec.optimizer(opt.kind, hp, s1, s2, step), own)
                     if status != 0:
+                        # the update may have been made in part: the last good step again
+                        back = replay(perm, kept_t, t, kept_step)
+                        opt.step_ = int(kept_step if back is None else back)
                         raise _Agreed(_divergence(status, epoch, t + 1, batch_size))
-                    cur = nxt
+                    step = new_step
                     opt.step_ = int(step)
                     state.loss_sum += float(batch_loss) * float(tail[_dk.ROWS])
                     state.correct += float(tail[_dk.CORRECT])
@@ -422,7 +447,6 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
                             # the running figures shown: of the steps taken in this call
                 shown_at, rows_new = time.monotonic(), 0
                 shown_loss = shown_correct = shown_rows = 0.0
-                sync()  # the epoch's last values into the model's buffers
                 if bar is not None and rows_new:
                     bar.advance(rows_new)
                 try:
@@ -451,7 +475,6 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, validation_data, shuf
             if comm.allreduce(int(_r.take()), op=MPI.SUM):
                 raise _Agreed(KeyboardInterrupt())
     finally:
-        sync()  # an exception between steps: the last good step's values
         if bar is not None and not isinstance(progress, _r.Progress):
             bar.close()
         last_fit_stats.update(steps=n_steps, allreduce_s=t_allreduce,

@@ -160,6 +160,37 @@ def diverge_state(out):
              s1=opt.state_[0], s2=opt.state_[1], step=[step, opt.step_])
 
 
+def diverge_mid(out):
+    """An update that grows 99-fold a step (weight decay 1e4 at lr 0.01, from
+    weights near 1e300) is not finite at the 4th of the epoch's 8 steps:
+    every rank raises with the parameters, state and step count after step
+    3, bit for bit those of a fit over the 3 batches before it.  The steps
+    update in place: the failed one restores the epoch's copy and replays
+    the good steps."""
+    X, y, _ = data(32)
+    part = shard_rows(32, rank, size)
+
+    def fresh():
+        m = fb.MLP([6, 3], dtype="float64", seed=3 + 100 * rank)
+        m.flat_params[:] *= 1e300
+        return m, fb.SGD(lr=0.01, momentum=0.5, weight_decay=1e4)
+
+    m, opt = fresh()
+    err = None
+    try:
+        m.fit(X[part], y[part], epochs=1, batch_size=2, optimizer=opt, shuffle=False,
+              comm=comm)
+    except fb.DivergenceError as exc:
+        err = exc
+    save(out, "diverge_mid", m, error=err)
+    ref, ref_opt = fresh()
+    good = 2 * (err.step - 1) if err is not None else 0
+    ref.fit(X[part][:good], y[part][:good], epochs=1, batch_size=2, optimizer=ref_opt,
+            shuffle=False, comm=comm)
+    np.savez(os.path.join(out, f"diverge_mid_ref.rank{rank}.npz"), params=ref.flat_params,
+             s1=opt.state_[0], s1_ref=ref_opt.state_[0], step=[opt.step_, ref_opt.step_])
+
+
 def bad_input(out):
     """Rank 1 passes the wrong number of columns: every rank raises."""
     X, y, _ = data(20)
@@ -209,7 +240,7 @@ def midsaves(out):
 
 
 SCENARIOS = {f.__name__: f for f in (sgd, adam, weighted, uneven, multilabel, shuffled, checkpoint,
-                                       resume, diverge, diverge_update, diverge_state,
+                                       resume, diverge, diverge_update, diverge_state, diverge_mid,
                                        bad_input, midsaves)}
 
 if __name__ == "__main__":

@@ -232,6 +232,25 @@ def test_non_finite_update_at_a_later_step_leaves_state_as_before(runs):
     assert_same_on_ranks(d, "diverge_state", 2)
 
 
+def test_non_finite_update_mid_epoch_leaves_the_step_before_it(runs):
+    """Status 3 at the 4th step of an epoch, after 3 steps made in place:
+    every rank ends with the parameters, momentum and step count after step
+    3, bit for bit those of a fit over the 3 batches alone (the epoch's copy
+    restored and its good steps replayed)."""
+    d = runs[2]
+    for r in range(2):
+        params, info = result(d, "diverge_mid", r)
+        assert info["error_type"] == "DivergenceError"
+        assert (info["epoch"], info["step"]) == (1, 4) and "non-finite update" in info["error"]
+        assert np.isfinite(params).all()
+        with np.load(d / f"diverge_mid_ref.rank{r}.npz") as f:
+            np.testing.assert_array_equal(params, f["params"])
+            np.testing.assert_array_equal(f["s1"], f["s1_ref"])
+            assert f["step"].tolist() == [3, 3]
+            assert np.abs(f["s1"]).max() > 0
+    assert_same_on_ranks(d, "diverge_mid", 2)
+
+
 def test_bad_input_on_one_rank_raises_on_every_rank(runs):
     infos = [result(runs[2], "bad_input", r)[1] for r in range(2)]
     assert infos[1]["error_type"] == "ValueError" and "columns" in infos[1]["error"]

@@ -15,8 +15,8 @@ ranks' gradients and totals:
 ``local_sums`` writes *unnormalised* sums (row weights are the raw sample
 weights, or 1), so summing over ranks gives the union batch's sums;
 ``finish_step`` divides by the global weight total, adds the L2 term and
-computes the optimizer update into second buffers, adopted only when every
-new value is finite, on every rank alike.
+computes the optimizer update (in place: ``fastbp.distributed`` keeps a
+copy to go back to when a new value is not finite), on every rank alike.
 """
 
 import numpy as np
@@ -133,15 +133,18 @@ def finish_step(net, gbuf, opt, nxt):
     optimizer (state s1, s2; ``step`` updates so far) computes the new
     parameters and state into p_next, s1_next, s2_next
     (``optim.fused_update``, which also tells whether every new value is
-    finite); params, s1 and s2 are only read.  The scaling and the update go
-    chunk by chunk (``CHUNK``), each chunk updated while in cache.
+    finite); params, s1 and s2 are only read.  With ``nxt`` = (params, s1,
+    s2) the update is made in place (``fastbp.distributed`` does so: a
+    failed step there goes back to a copy and replays the good steps).  The
+    scaling and the update go chunk by chunk (``CHUNK``), each chunk
+    updated while in cache; the L2 sum of a chunk is taken before its
+    update.
 
-    Returns (status, batch_loss, step): status 0 success, and the caller
-    adopts the second buffers (as ``network.train_epoch`` alternates
-    them); 1 non-finite loss (or a zero weight total), 2 non-finite
-    gradient, 3 non-finite update: the second buffers are then to be
-    dropped, and params, s1, s2 hold the last good values.  batch_loss is
-    the weighted mean loss plus the L2 term.
+    Returns (status, batch_loss, step): status 0 success; 1 non-finite loss
+    (or a zero weight total), 2 non-finite gradient, 3 non-finite update:
+    the values written are then to be dropped (second buffers), or the
+    caller's copy restored (in place).  batch_loss is the weighted mean
+    loss plus the L2 term.
     """
     # without reference counting (network.unowned): 7 slices per chunk
     params, _, widths, _, alpha = unowned(net)
