@@ -55,9 +55,9 @@ def mpirun(n, args, cwd=None, timeout=TIMEOUT):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run every scenario once on 2 ranks, and the uneven and resume ones on 3."""
+    """Run every scenario once on 2 ranks, and four of them on 3."""
     out = {}
-    for n, names in ((2, list(w.SCENARIOS)), (3, ["uneven", "resume", "sgd"])):
+    for n, names in ((2, list(w.SCENARIOS)), (3, ["uneven", "resume", "sgd", "diverge_mid"])):
         d = tmp_path_factory.mktemp(f"ranks{n}")
         if n == 3:
             shutil.copy(out[2] / "ckpt.npz", d / "ckpt.npz")
@@ -232,13 +232,14 @@ def test_non_finite_update_at_a_later_step_leaves_state_as_before(runs):
     assert_same_on_ranks(d, "diverge_state", 2)
 
 
-def test_non_finite_update_mid_epoch_leaves_the_step_before_it(runs):
+@pytest.mark.parametrize("size", [2, 3])
+def test_non_finite_update_mid_epoch_leaves_the_step_before_it(runs, size):
     """Status 3 at the 4th step of an epoch, after 3 steps made in place:
     every rank ends with the parameters, momentum and step count after step
     3, bit for bit those of a fit over the 3 batches alone (the epoch's copy
-    restored and its good steps replayed)."""
-    d = runs[2]
-    for r in range(2):
+    restored and its good steps replayed, their sums all-reduced again)."""
+    d = runs[size]
+    for r in range(size):
         params, info = result(d, "diverge_mid", r)
         assert info["error_type"] == "DivergenceError"
         assert (info["epoch"], info["step"]) == (1, 4) and "non-finite update" in info["error"]
@@ -248,7 +249,7 @@ def test_non_finite_update_mid_epoch_leaves_the_step_before_it(runs):
             np.testing.assert_array_equal(f["s1"], f["s1_ref"])
             assert f["step"].tolist() == [3, 3]
             assert np.abs(f["s1"]).max() > 0
-    assert_same_on_ranks(d, "diverge_mid", 2)
+    assert_same_on_ranks(d, "diverge_mid", size)
 
 
 def test_bad_input_on_one_rank_raises_on_every_rank(runs):
