@@ -125,24 +125,28 @@ PARALLEL_MIN_FLOPS = 2e6
 SPLIT_MAX_PACKED = (3.0, 6.0)
 
 
-#: a sparse step splits its update between threads from this many
-#: parameters on (``sparse_threads``).  Measured on 2 threads (fit time,
-#: split / one thread): 0.92-0.94 at 128 k parameters, 0.79-0.81 at 500 k,
-#: 0.82-0.92 at 2 M, 0.76-0.83 at 5 M; but the first split fit compiles
-#: the parallel ``network.layer_par`` (about 1.9 s of CPU once, then cached
-#: on disk, unless a dense fit on several threads compiled it before), which
-#: at 128 k parameters only 60 k steps would repay, at 2 M about 4 k
+#: a sparse step splits its first layer's pass and its update between
+#: threads from this many parameters on (``sparse_threads``).  Measured on
+#: 2 threads with the update alone split (fit time, split / one thread):
+#: 0.92-0.94 at 128 k parameters, 0.79-0.81 at 500 k, 0.82-0.92 at 2 M,
+#: 0.76-0.83 at 5 M; with dW_0 made a block at a time on the threads
+#: (``_kernels.sparse.first_layer_rows``) 0.76-1.00 of that again at 2 M
+#: and 0.85-0.94 at 5 M.  But the first split fit compiles a parallel
+#: function and its leaf (about 3 s of CPU once, then cached on disk),
+#: which at 128 k parameters only some 100 k steps would repay, at 2 M
+#: some 6 k
 SPARSE_SPLIT_MIN_PARAMS = 1 << 20
 
 
 def sparse_threads(tail_flops, params):
-    """(threads for the update of a sparse step, the BLAS guard to hold).
+    """(threads of a sparse step's first layer and update, the BLAS guard).
 
     A sparse step's products touch only the rows of W_0 its batch names,
-    but its update reads and writes every parameter: at 20000-100-10 b200
-    the update is most of the step.  It is split between Numba's threads
-    (each thread updates a block, element by element as one thread would:
-    the same result on any thread count) when there are at least
+    but dW_0 and the update cover every parameter: at 20000-100-10 b200
+    they are most of the step.  They are split between Numba's threads
+    (``_kernels.sparse.first_layer_rows``: each element computed as one
+    thread computes it, the same parameters on any thread count) when
+    there are at least
     ``SPARSE_SPLIT_MIN_PARAMS`` parameters, and only where the products of
     the dense layers after the first (``tail_flops`` per step) are too
     small to split (below PARALLEL_MIN_FLOPS a thread): those run with

@@ -104,13 +104,17 @@ def _sparse_kernels():
 
 
 def _sparse_batch_buffers(X, batch_size):
-    """(data, indices, indptr) buffers for CSR batches of up to batch_size
-    rows of the SparseRows X: room for the batch_size longest rows."""
+    """(data, indices, indptr, column pointers, rows, entries) buffers for
+    CSR batches of up to batch_size rows of the SparseRows X: room for the
+    batch_size longest rows, and for the batch by columns
+    (``_kernels.sparse.batch_columns``)."""
     lengths = np.diff(X.indptr)
     k = min(batch_size, lengths.size)
-    cap = int(np.partition(lengths, lengths.size - k)[lengths.size - k:].sum()) if k else 0
-    return (np.empty(max(cap, 1), dtype=X.data.dtype), np.empty(max(cap, 1), dtype=np.int64),
-            np.empty(batch_size + 1, dtype=np.int64))
+    cap = max(int(np.partition(lengths, lengths.size - k)[lengths.size - k:].sum())
+              if k else 0, 1)
+    return (np.empty(cap, dtype=X.data.dtype), np.empty(cap, dtype=np.int64),
+            np.empty(batch_size + 1, dtype=np.int64), np.empty(X.shape[1] + 1, dtype=np.int64),
+            np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64))
 
 
 def _frozen(a):

@@ -30,7 +30,9 @@ def test_declared_signatures_are_what_numba_compiles(dtype):
     # the declared one, and compiling with the declared argument types fails
     # when they are not the leaf's.
     linking.compile_all(dtype)
-    for leaf in linking._LEAVES:
+    for k, leaf in enumerate(linking._LEAVES):
+        if leaf.startswith("sparse."):  # compile_all leaves these to their first use
+            linking.resolve(k * len(linking.DTYPES) + linking.DTYPES.index(dtype))
         assert linking.slot_filled(leaf, dtype)
         args, ret = linking.signature_of(leaf, dtype)
         cres = linking.dispatcher(leaf).overloads[args]

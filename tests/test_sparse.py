@@ -435,6 +435,25 @@ def test_a_failed_update_of_a_sparse_epoch_leaves_the_steps_before_it(widths, ma
     _fit_against_train_on_batch(model, X, y, what, threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_l2_term_that_overflows_after_the_update_undoes_it(threads, monkeypatch):
+    """Weights that grow 99-fold a step make the L2 term of the loss
+    overflow while the update is still finite.  On two threads the sparse
+    step finds it after its update (first_layer_rows), which must then be
+    undone as a failed update is: the model must be where one
+    train_on_batch per batch leaves it, bit for bit."""
+    monkeypatch.setattr(fb._threads, "SPARSE_SPLIT_MIN_PARAMS", 0)
+    X = _csr(160, 40, 0.2, 31, np.float32)
+    y = np.random.default_rng(32).integers(0, 3, 160)
+
+    def model():
+        m = fb.MLP([40, 3], dtype="float32", seed=0, alpha=1.0)
+        m.optimizer = fb.SGD(lr=0.01, momentum=0.5, weight_decay=1e4)
+        return m
+
+    assert _fit_against_train_on_batch(model, X, y, "loss", threads) > 3
+
+
 @pytest.mark.parametrize("adam", [False, True])
 def test_sparse_fit_is_the_same_on_one_and_two_threads(adam, monkeypatch):
     """The sparse step's update split between two threads

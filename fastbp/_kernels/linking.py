@@ -123,6 +123,13 @@ def _update_block_args(t):
     return (_I64, _I64, _c(t, 1), _c(t, 1), _optimizer_record(t), _next_buffers(t))
 
 
+def _first_layer_args(t):
+    # sparse.first_layer_par's; first_layer_rows takes the thread index first
+    return (_I64, _c(t, 1), _c(t, 1), _I64, _F64, _c(t, 2), _c(t, 1), _c(_I64, 1),
+            _c(_I64, 1), _c(_I64, 1), _c(t, 2), _optimizer_record(t), _next_buffers(t),
+            _c(t, 1))
+
+
 def _loss_and_correct(t):
     return types.Tuple((t, _I64))
 
@@ -164,6 +171,8 @@ _SPECS = {
     "network.gather_block": (lambda t: (_c(t, 2), _c(_I64, 1), _I64, _I64, _I64, _c(t, 2)),
                              lambda t: _NONE),
     "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
+    "sparse.first_layer_rows": (lambda t: (_I64, *_first_layer_args(t)), lambda t: _NONE),
+    "sparse.first_layer_par": (_first_layer_args, lambda t: _NONE),
 }
 _LEAVES = list(_SPECS)
 #: slot k * len(DTYPES) + j holds leaf k for DTYPES[j]
@@ -219,10 +228,13 @@ def _resolve(slot):
 def compile_all(dtype):
     """Compile (or load from the cache) every leaf for the float type
     ``dtype`` (a Numba type in DTYPES) and fill its slots, so that no later
-    call compiles one (``fastbp.prepare``)."""
+    call compiles one (``fastbp.prepare``).  The sparse module's leaves are
+    left to their first use, as the rest of that module is: about 3 s of
+    CPU that a user of dense X never needs."""
     j = DTYPES.index(dtype)
-    for k in range(len(_LEAVES)):
-        resolve(k * len(DTYPES) + j)
+    for k, leaf in enumerate(_LEAVES):
+        if not leaf.startswith("sparse."):
+            resolve(k * len(DTYPES) + j)
 
 
 def slot_filled(leaf, dtype):

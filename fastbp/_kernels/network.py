@@ -496,7 +496,6 @@ BACKWARD = 1
 GATHER = 2
 FORWARD_ROWS = 3
 FORWARD_SUM = 4
-UPDATE = 5
 #: hp argument of a forward ``layer_par`` call (not read)
 _NO_HP = np.zeros(5)
 #: rows argument of a forward or backward ``layer_par`` call (not read)
@@ -510,11 +509,7 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
     da, dh, code, alpha) as ``backward_block`` takes it.  FORWARD:
     ``forward_block`` of its output columns (h_in, W at ``params[off]``,
     out = ``da``; grads, dh, alpha, opt, nxt and scratch are not read);
-    BACKWARD: ``backward_block`` (W at ``params[off]``); UPDATE: the
-    optimizer update (``update_block``) of the d_in parameters from
-    ``off``, a block per thread, each block's severity into
-    ``scratch[nt + t]`` (the sparse step's; only params, grads, off, d_in,
-    opt, nxt and scratch are read); GATHER: the gather
+    BACKWARD: ``backward_block`` (W at ``params[off]``); GATHER: the gather
     of a batch (``da[r] = h_in[rows[off + r]]`` for the d_in rows r of the
     batch, d_out values each, a block of rows per thread; only off, d_in,
     h_in, da and rows are read); FORWARD_ROWS and FORWARD_SUM: the two
@@ -534,10 +529,6 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
         elif which == GATHER:
             r0, r1 = block(d_in, nt, np.int64(t))
             _gather_block(h_in, rows, off, r0, r1, da)
-        elif which == UPDATE:
-            lo, hi = block(d_in, nt, np.int64(t))
-            scratch[nt + t] = params.dtype.type(_update_block(off + lo, off + hi, params,
-                                                              layer[1], opt, nxt))
         elif which >= FORWARD_ROWS:
             _forward_split(which, np.int64(t), nt, layer)
         else:

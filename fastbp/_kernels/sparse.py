@@ -24,19 +24,19 @@ and the dense kernels are not changed by them.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .blas import matmul
 from .config import JIT
 from .dense import bias_activation, delta_in_place
+from .linking import linked
 from .network import (
-    _NO_ROWS,
     BAD_GRADIENT_SEVERITY,
     BAD_UPDATE_SEVERITY,
     IN_PLACE_MIN_STEPS,
     JIT_INLINE,
-    UPDATE,
-    _layer_par,
+    JIT_PARALLEL,
+    _update_block,
     backward,
     forward,
     forward_loss,
@@ -51,7 +51,6 @@ from .optim import (
     JOURNAL,
     UPDATE_OK,
     adopt_update,
-    fused_update,
 )
 
 
@@ -174,19 +173,18 @@ def forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
 
 
 @njit(**JIT_INLINE)
-def backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, h1,
-                    acts, delta_a, delta_b):
-    """network.backward for CSR rows X, after forward_loss_sparse; fills grads
-    and returns the L2 term of the loss.
+def backward_tail(params, grads, widths, codes, alpha, m, h1, acts, delta_a, delta_b):
+    """The backward pass of layers 1 .. L (network.backward on the
+    sub-network from layer 1) and the first layer's delta: fills grads
+    but for W_0.  Returns (the L2 term of layers 1 .. L, dA_1 (m, d_1), a
+    free delta buffer of at least m d_1 values).
 
-    Layers 1 .. L go through network.backward on the sub-network from layer
-    1.  That function leaves dA_1 in ``delta_a`` after an even number of
+    network.backward leaves dA_1 in ``delta_a`` after an even number of
     buffer swaps (one per layer below its top, L - 2 in all) and in
     ``delta_b`` otherwise; with no hidden layer (L == 1) the output gradient
     is still in ``delta_a``.  (The sparse-versus-dense tests in
     tests/test_sparse.py fail if that convention changes.)
     """
-    m = indptr.size - 1
     L = widths.size - 1
     d0 = widths[0]
     d1 = widths[1]
@@ -207,13 +205,129 @@ def backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, 
         da = view2d(other, 0, m, d1)
         matmul(view2d(cur, 0, m, d2), view2d(params, p1, d1, d2).T, da)
     delta_in_place(da, h1, codes[0], grads[d0 * d1 : p1])
+    # with L == 1, ``other`` is unused; else ``cur`` (dA_2) is no longer needed
+    return l2, da, other if L == 1 else cur
+
+
+@njit(**JIT_INLINE)
+def backward_sparse(params, grads, widths, codes, alpha, data, indices, indptr, h1,
+                    acts, delta_a, delta_b):
+    """network.backward for CSR rows X, after forward_loss_sparse; fills grads
+    and returns the L2 term of the loss (``backward_tail``, then dW_0 by
+    ``csr_weight_grad``)."""
+    m = indptr.size - 1
+    d0 = widths[0]
+    d1 = widths[1]
+    l2, da, free = backward_tail(params, grads, widths, codes, alpha, m, h1, acts, delta_a,
+                                 delta_b)
     reg = params.dtype.type(alpha / m)
-    # scratch for csr_weight_grad: with L == 1, ``other`` is unused; else
-    # ``cur`` (dA_2) is no longer needed
-    scratch = other if L == 1 else cur
     ss = csr_weight_grad(data, indices, indptr, da, view2d(params, 0, d0, d1), reg,
-                         view2d(grads, 0, d0, d1), scratch[:d1])
+                         view2d(grads, 0, d0, d1), free[:d1])
     return l2 + params.dtype.type(0.5) * reg * ss
+
+
+@njit(**JIT_INLINE)
+def batch_columns(bindices, bindptr, m, d0, cptr, crow, cent):
+    """The batch's entries by column: column c's entries are e in
+    [cptr[c], cptr[c + 1]), each from batch row crow[e], entry cent[e] of
+    the CSR batch, in the order of the CSR batch (row, then storage): a
+    stable counting sort, so that ``first_layer_rows`` adds each dW_0
+    element's terms in ``csr_weight_grad``'s order."""
+    for c in range(d0 + 1):
+        cptr[c] = 0
+    for k in range(bindptr[0], bindptr[m]):
+        cptr[bindices[k] + 1] += 1
+    for c in range(d0):
+        cptr[c + 1] += cptr[c]
+    for r in range(m):
+        for k in range(bindptr[r], bindptr[r + 1]):
+            e = cptr[bindices[k]]
+            crow[e] = r
+            cent[e] = k
+            cptr[bindices[k]] = e + 1
+    for c in range(d0, 0, -1):  # cptr[c] ended at the start of c + 1
+        cptr[c] = cptr[c - 1]
+    cptr[0] = 0
+
+
+#: rows of W_0 that ``first_layer_rows`` takes through its three passes
+#: while they are in cache
+FIRST_LAYER_ROWS = 256
+
+
+@njit(**JIT)
+def first_layer_rows(t, nt, params, grads, d1, reg, da, bdata, cptr, crow, cent, acc2d, opt,
+                     nxt, scratch):
+    """Thread block t of nt of the first layer's weights in a sparse step:
+    for each FIRST_LAYER_ROWS rows of its rows of W_0 (d_0 = cptr.size - 1
+    rows of d_1), dW_0 = reg * W_0 (with the column sums of W_0 ** 2 in
+    acc2d[t]) or 0, then the batch's terms X^T dA_1 of those rows
+    (``batch_columns``), then their update (``network.update_block``,
+    ``opt``, ``nxt``), all while the rows are in cache.  The values are
+    those of ``csr_weight_grad`` and one update over all parameters, bit
+    for bit: each element's terms in the same order.  Writes the block's
+    sum of its column sums to scratch[t] and its update severity to
+    scratch[nt + t].
+
+    Why: ``csr_weight_grad`` wrote all of dW_0 and the update then read it,
+    two passes over d_0 d_1 values that a sparse step otherwise does not
+    need (0.5-0.8 ms of a 2.2 ms step at 20000-100-10 b200)."""
+    d0 = cptr.size - 1
+    zero = params.dtype.type(0)
+    reg_ = params.dtype.type(reg)
+    acc = acc2d[t]
+    for j in range(d1):
+        acc[j] = zero
+    worst = 0
+    # blocks dealt round-robin: the batch's entries crowd in a few columns
+    # (word frequencies), and whole halves of W_0 would give one thread
+    # most of the scatter
+    for c0 in range(t * FIRST_LAYER_ROWS, d0, nt * FIRST_LAYER_ROWS):
+        c1 = min(c0 + FIRST_LAYER_ROWS, d0)
+        W = view2d(params, c0 * d1, c1 - c0, d1)
+        dW = view2d(grads, c0 * d1, c1 - c0, d1)
+        if reg_ != zero:
+            for i in range(c1 - c0):
+                w = W[i]
+                o = dW[i]
+                for j in range(d1):
+                    o[j] = reg_ * w[j]
+                    acc[j] += w[j] * w[j]
+        else:
+            flat = grads[c0 * d1:c1 * d1]
+            for i in range(flat.size):
+                flat[i] = zero
+        for c in range(c0, c1):
+            o = dW[c - c0]
+            for e in range(cptr[c], cptr[c + 1]):
+                v = bdata[cent[e]]
+                g = da[crow[e]]
+                for j in range(d1):
+                    o[j] += v * g[j]
+        worst = max(worst, _update_block(c0 * d1, c1 * d1, params, grads, opt, nxt))
+    ss = zero
+    for j in range(d1):
+        ss += acc[j]
+    scratch[t] = ss
+    scratch[nt + t] = params.dtype.type(worst)
+
+
+_first_layer_rows = linked("sparse.first_layer_rows")
+
+
+@njit(**JIT_PARALLEL)
+def first_layer_par(nt, params, grads, d1, reg, da, bdata, cptr, crow, cent, acc2d, opt, nxt,
+                    scratch):
+    """``first_layer_rows`` on nt threads, a block of rows each: its loop
+    body a call of the leaf (a parallel function compiles in about 1 s,
+    network.layer_par)."""
+    for t in prange(nt):
+        # (prange's index is unsigned; the leaf's signature says int64)
+        _first_layer_rows(np.int64(t), nt, params, grads, d1, reg, da, bdata, cptr, crow,
+                          cent, acc2d, opt, nxt, scratch)
+
+
+_first_layer_par = linked("sparse.first_layer_par")
 
 
 @njit(**JIT)
@@ -229,43 +343,71 @@ def loss_and_grad_sparse(params, grads, widths, codes, loss_kind, alpha,
 
 
 @njit(**JIT_INLINE)
-def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, data, indices, indptr,
-                      y_int, y_f, sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b,
-                      rw, p_next, s1_next, s2_next, nt, scratch):
-    """network.train_step with X as CSR rows: same checks and statuses
-    (0 success, 1 non-finite loss, 2 non-finite gradient, 3 non-finite
-    update; then the step's values are to be dropped), and the same
-    one-pass checked update (``optim.fused_update``): into the second
-    buffers p_next, s1_next, s2_next; in place when p_next is params; in
-    place with the old values kept in the second buffers when ``opt_kind``
-    has JOURNAL added, and then copied back here if the step fails.  With
-    nt > 1 the update is split between nt threads (``network.layer_par``,
-    UPDATE; ``scratch`` holds 2 nt values): element by element the same
-    values, so the same result on any thread count.
+def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, sbatch, m, y_int, y_f,
+                      sw, opt_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw, p_next,
+                      s1_next, s2_next, nt, scratch):
+    """network.train_step with X as the CSR batch of m rows in ``sbatch``
+    (``train_epoch_sparse``): the same checks and statuses (0 success, 1
+    non-finite loss, 2 non-finite gradient, 3 non-finite update; then the
+    step's values are to be dropped), and the same one-pass checked update
+    (``optim.fused_update``): in place when p_next is params; in place
+    with the old values kept in the second buffers when ``opt_kind`` has
+    JOURNAL added, and then copied back here if the step fails.
+
+    On nt > 1 threads (and at least nt rows) the first layer's weights go
+    through ``first_layer_rows`` (dW_0 and its update a block of rows at a
+    time, the blocks dealt to the threads; ``scratch``: 2 nt values), the
+    other parameters after them; on one, dW_0 is computed whole
+    (``csr_weight_grad``) and then every parameter updated.  Each element
+    of the update is computed as one thread computes it: the same
+    parameters on any thread count.  With threads the sum of W_0 ** 2 of
+    the loss's L2 term is added per thread, so the loss may differ in its
+    last bits from one thread count to another, and a loss made
+    non-finite by the L2 term is found after the update, which is then
+    undone as a failed update is.
     Returns (status, loss, n_correct, step)."""
-    loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, data, indices, indptr,
-                                      y_int, y_f, sw, acts, delta_a, rw)
+    bdata, bindices, bindptr, cptr, crow, cent = sbatch
+    indptr = bindptr[:m + 1]
+    loss, c, h1 = forward_loss_sparse(params, widths, codes, loss_kind, bdata, bindices,
+                                      indptr, y_int, y_f, sw, acts, delta_a, rw)
     if not np.isfinite(loss):
         return 1, loss, c, step
-    loss += backward_sparse(params, grads, widths, codes, l2_alpha(alpha, indptr.size - 1, sw),
-                            data, indices, indptr, h1, acts, delta_a, delta_b)
-    if not np.isfinite(loss):  # the L2 term overflowed
-        return 1, loss, c, step
-    if nt > 1:
-        # the update of every parameter is most of a sparse step (its
-        # products touch only the rows of W_0 the batch names): on nt threads
-        dummy = view2d(acts, 0, 0, 1)
-        _layer_par(UPDATE, (params, grads, 0, params.size, 0, dummy, dummy, dummy, 0, 0.0),
-                   (opt_kind, hp, s1, s2, step + 1), (p_next, s1_next, s2_next), nt, scratch,
-                   _NO_ROWS)
+    a = l2_alpha(alpha, m, sw)
+    d0 = widths[0]
+    d1 = widths[1]
+    opt = (opt_kind, hp, s1, s2, step + 1)
+    nxt = (p_next, s1_next, s2_next)
+    if nt > 1 and m >= nt:
+        l2, da, free = backward_tail(params, grads, widths, codes, a, m, h1, acts, delta_a,
+                                     delta_b)
+        batch_columns(bindices, indptr, m, d0, cptr, crow, cent)
+        _first_layer_par(nt, params, grads, d1, a / m, da, bdata, cptr, crow, cent,
+                         view2d(free, 0, nt, d1), opt, nxt, scratch)
+        ss = params.dtype.type(0)
         worst = 0
         for t in range(nt):
+            ss += scratch[t]
             worst = max(worst, int(scratch[nt + t]))
-        status = (BAD_GRADIENT if worst == BAD_GRADIENT_SEVERITY
-                  else BAD_UPDATE if worst == BAD_UPDATE_SEVERITY else UPDATE_OK)
+        worst = max(worst, _update_block(d0 * d1, params.size, params, grads, opt, nxt))
+        loss += l2 + params.dtype.type(0.5) * params.dtype.type(a / m) * ss
     else:
-        status = fused_update(opt_kind, params, grads, s1, s2, hp, step + 1, p_next, s1_next,
-                              s2_next)
+        # one thread: dW_0 in one pass (csr_weight_grad), then one update of
+        # every parameter; the blocks of first_layer_rows measured 1.03-1.13x
+        # this on one thread (their streams restart every block), and
+        # 0.87-0.95x the split update alone on two
+        loss += backward_sparse(params, grads, widths, codes, a, bdata, bindices, indptr, h1,
+                                acts, delta_a, delta_b)
+        if not np.isfinite(loss):  # the L2 term overflowed: before the update
+            return 1, loss, c, step
+        worst = _update_block(0, params.size, params, grads, opt, nxt)
+    if not np.isfinite(loss):  # the L2 term overflowed
+        status = 1
+    elif worst == BAD_GRADIENT_SEVERITY:
+        status = BAD_GRADIENT
+    elif worst == BAD_UPDATE_SEVERITY:
+        status = BAD_UPDATE
+    else:
+        status = UPDATE_OK
     if status != 0:
         if opt_kind >= JOURNAL:  # the update was made in place: back to the old values
             adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
@@ -280,9 +422,10 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0,
     ``records.py`` (the workspace's xb and scratch are not read).
 
     Each step gathers its rows ``perm[start:start + m]`` into the CSR batch
-    buffers ``sbatch`` = (bdata, bindices, bindptr): room for the largest
-    batch's entries, and batch_size + 1 row pointers; and its targets as
-    train_epoch does.  The update is made in place as in train_epoch: a
+    buffers ``sbatch`` = (bdata, bindices, bindptr, cptr, crow, cent): room
+    for the largest batch's entries, batch_size + 1 row pointers, and the
+    batch by columns (``batch_columns``: d_0 + 1 pointers, two int64 per
+    entry); and its targets as train_epoch does.  The update is made in place as in train_epoch: a
     call of IN_PLACE_MIN_STEPS batches or more first copies params, s1, s2
     into the second buffers (p_next, s1_next, s2_next) and a failed step
     restores that copy and replays the good steps before it; a shorter call
@@ -294,8 +437,9 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0,
     touch only the rows of W_0 that the batch's columns name), and in place
     it takes 0.49-0.56x the time of one into the other set at 0.2-6 M
     parameters (docs/performance.md, "Issue 16, sixth round").
-    nt: threads of each step's update (``train_step_sparse``); the caller
-    holds OpenBLAS to one thread when nt > 1 (``_threads.sparse_threads``).
+    nt: threads of each step's first-layer pass and update
+    (``train_step_sparse``); the caller holds OpenBLAS to one thread when
+    nt > 1 (``_threads.sparse_threads``).
     Returns (status, batch, loss_sum, n_correct, step, last_loss): as
     train_epoch, plus the loss of the last step taken (the failed one, if
     a step failed).
@@ -306,7 +450,8 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0,
     opt_kind, hp, s1, s2, step = unowned(opt)
     _, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_next, s1_next, s2_next, scratch = (
         unowned(ws))
-    bdata, bindices, bindptr = unowned(sbatch)
+    sbatch = unowned(sbatch)
+    bdata, bindices, bindptr = sbatch[0], sbatch[1], sbatch[2]
     perm = unowned(perm)
     n = perm.size
     dl = widths[widths.size - 1]
@@ -335,9 +480,9 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0,
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
         status, loss, c, step = train_step_sparse(
-            params, grads, widths, codes, loss_kind, alpha, bdata, bindices, bindptr[:m + 1],
-            yb_int[:m], yf, swv, step_kind, hp, s1, s2, step, acts, delta_a, delta_b,
-            rw, p_nxt, s1_nxt, s2_nxt, nt, scratch,
+            params, grads, widths, codes, loss_kind, alpha, sbatch, m, yb_int[:m], yf, swv,
+            step_kind, hp, s1, s2, step, acts, delta_a, delta_b, rw, p_nxt, s1_nxt, s2_nxt,
+            nt, scratch,
         )
         last = loss
         if status != 0:
