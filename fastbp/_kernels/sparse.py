@@ -377,9 +377,11 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, sbatch, m,
     d1 = widths[1]
     opt = (opt_kind, hp, s1, s2, step + 1)
     nxt = (p_next, s1_next, s2_next)
+    # (one call of the inlined backward_tail for both ways below: two
+    # doubled the cold compile of a sparse fit, 7.1 -> 10.7 s of CPU)
+    l2, da, free = backward_tail(params, grads, widths, codes, a, m, h1, acts, delta_a,
+                                 delta_b)
     if nt > 1 and m >= nt:
-        l2, da, free = backward_tail(params, grads, widths, codes, a, m, h1, acts, delta_a,
-                                     delta_b)
         batch_columns(bindices, indptr, m, d0, cptr, crow, cent)
         _first_layer_par(nt, params, grads, d1, a / m, da, bdata, cptr, crow, cent,
                          view2d(free, 0, nt, d1), opt, nxt, scratch)
@@ -391,12 +393,14 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, sbatch, m,
         worst = max(worst, _update_block(d0 * d1, params.size, params, grads, opt, nxt))
         loss += l2 + params.dtype.type(0.5) * params.dtype.type(a / m) * ss
     else:
-        # one thread: dW_0 in one pass (csr_weight_grad), then one update of
-        # every parameter; the blocks of first_layer_rows measured 1.03-1.13x
-        # this on one thread (their streams restart every block), and
-        # 0.87-0.95x the split update alone on two
-        loss += backward_sparse(params, grads, widths, codes, a, bdata, bindices, indptr, h1,
-                                acts, delta_a, delta_b)
+        # one thread: dW_0 in one pass (backward_sparse's), then one update
+        # of every parameter; the blocks of first_layer_rows measured
+        # 1.03-1.13x this on one thread (their streams restart every
+        # block), and 0.76-1.00x the split update alone on two
+        reg = params.dtype.type(a / m)
+        ss = csr_weight_grad(bdata, bindices, indptr, da, view2d(params, 0, d0, d1), reg,
+                             view2d(grads, 0, d0, d1), free[:d1])
+        loss += l2 + params.dtype.type(0.5) * reg * ss
         if not np.isfinite(loss):  # the L2 term overflowed: before the update
             return 1, loss, c, step
         worst = _update_block(0, params.size, params, grads, opt, nxt)
