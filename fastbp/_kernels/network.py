@@ -597,6 +597,40 @@ def backward_update(params, grads, widths, codes, alpha, x, acts, delta_a, delta
     return params.dtype.type(0.5) * params.dtype.type(alpha / m) * l2, worst
 
 
+@njit(**JIT_INLINE)
+def step_status(loss, worst, opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next):
+    """The status of a step whose update has been made (``train_step``,
+    ``sparse.train_step_sparse``): 1 for a non-finite loss, else from the
+    update's largest severity ``worst`` (``update_block``).  A failed step
+    made in place with a journal (``opt_kind`` has JOURNAL added) puts the
+    old values it kept in p_next, s1_next, s2_next back."""
+    if not np.isfinite(loss):  # the L2 term overflowed
+        status = 1
+    elif worst == BAD_GRADIENT_SEVERITY:
+        status = BAD_GRADIENT
+    elif worst == BAD_UPDATE_SEVERITY:
+        status = BAD_UPDATE
+    else:
+        status = UPDATE_OK
+    if status != 0 and opt_kind >= JOURNAL:
+        # the update was made in place: back to the old values it kept
+        adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
+    return status
+
+
+@njit(**JIT_INLINE)
+def epoch_buffers(nb, opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next):
+    """How an epoch call of nb steps updates (``train_epoch``,
+    ``sparse.train_epoch_sparse``): (the steps' optimizer kind, the
+    buffers they write).  From IN_PLACE_MIN_STEPS steps on, in place after
+    a copy of params, s1, s2 into the second buffers (made here); below,
+    in place with a journal of the old values in the second buffers."""
+    if nb >= IN_PLACE_MIN_STEPS:
+        adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
+        return opt_kind, params, s1, s2
+    return opt_kind + JOURNAL, p_next, s1_next, s2_next
+
+
 @njit(**JIT)
 def train_step(net, batch, opt, ws, nt):
     """One step on the contiguous batch: forward, loss, backward and the
@@ -646,17 +680,8 @@ def train_step(net, batch, opt, ws, nt):
                                     acts, delta_a, delta_b, (opt_kind, hp, s1, s2, step + 1),
                                     (p_next, s1_next, s2_next), nt, scratch)
         loss += l2
-        if not np.isfinite(loss):  # the L2 term overflowed
-            status = 1
-        elif worst == BAD_GRADIENT_SEVERITY:
-            status = BAD_GRADIENT
-        elif worst == BAD_UPDATE_SEVERITY:
-            status = BAD_UPDATE
-        else:
-            status = UPDATE_OK
-        if status != 0 and opt_kind >= JOURNAL:
-            # the update was made in place: back to the old values it kept
-            adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
+        status = step_status(loss, worst, opt_kind, hp, params, s1, s2, p_next, s1_next,
+                             s2_next)
     if status != 0:
         return status, loss, c, step
     return 0, loss, c, step + 1
@@ -747,13 +772,8 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     # 1.16-1.18x in place and 1.23-1.27x with the journal.
     in_place = nb >= IN_PLACE_MIN_STEPS
     step0 = step
-    step_kind = opt_kind
-    if in_place:
-        adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
-        p_nxt, s1_nxt, s2_nxt = params, s1, s2
-    else:
-        step_kind = opt_kind + JOURNAL
-        p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
+    step_kind, p_nxt, s1_nxt, s2_nxt = epoch_buffers(nb, opt_kind, hp, params, s1, s2, p_next,
+                                                     s1_next, s2_next)
     status = 0
     failed = 0  # the status of a failed step being replayed up to
     fail_at = nb

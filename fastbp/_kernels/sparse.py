@@ -31,27 +31,21 @@ from .config import JIT
 from .dense import bias_activation, delta_in_place
 from .linking import linked
 from .network import (
-    BAD_GRADIENT_SEVERITY,
-    BAD_UPDATE_SEVERITY,
     IN_PLACE_MIN_STEPS,
     JIT_INLINE,
     JIT_PARALLEL,
     _update_block,
     backward,
+    epoch_buffers,
     forward,
     forward_loss,
     gather_targets,
     l2_alpha,
+    step_status,
     unowned,
     view2d,
 )
-from .optim import (
-    BAD_GRADIENT,
-    BAD_UPDATE,
-    JOURNAL,
-    UPDATE_OK,
-    adopt_update,
-)
+from .optim import adopt_update
 
 
 @njit(**JIT)
@@ -404,17 +398,8 @@ def train_step_sparse(params, grads, widths, codes, loss_kind, alpha, sbatch, m,
         if not np.isfinite(loss):  # the L2 term overflowed: before the update
             return 1, loss, c, step
         worst = _update_block(0, params.size, params, grads, opt, nxt)
-    if not np.isfinite(loss):  # the L2 term overflowed
-        status = 1
-    elif worst == BAD_GRADIENT_SEVERITY:
-        status = BAD_GRADIENT
-    elif worst == BAD_UPDATE_SEVERITY:
-        status = BAD_UPDATE
-    else:
-        status = UPDATE_OK
+    status = step_status(loss, worst, opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
     if status != 0:
-        if opt_kind >= JOURNAL:  # the update was made in place: back to the old values
-            adopt_update(opt_kind - JOURNAL, hp, p_next, s1_next, s2_next, params, s1, s2)
         return status, loss, c, step
     return 0, loss, c, step + 1
 
@@ -466,13 +451,8 @@ def train_epoch_sparse(sdata, perm, batch_size, net, opt, ws, sbatch, loss_sum0,
     nb = (n + batch_size - 1) // batch_size
     in_place = nb >= IN_PLACE_MIN_STEPS
     step0 = step
-    step_kind = opt_kind
-    if in_place:
-        adopt_update(opt_kind, hp, params, s1, s2, p_next, s1_next, s2_next)
-        p_nxt, s1_nxt, s2_nxt = params, s1, s2
-    else:
-        step_kind = opt_kind + JOURNAL
-        p_nxt, s1_nxt, s2_nxt = p_next, s1_next, s2_next
+    step_kind, p_nxt, s1_nxt, s2_nxt = epoch_buffers(nb, opt_kind, hp, params, s1, s2, p_next,
+                                                     s1_next, s2_next)
     status = 0
     failed = 0  # the status of a failed step being replayed up to
     fail_at = nb
