@@ -162,7 +162,8 @@ def sparse_threads(tail_flops, params):
 
 
 def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0):
-    """(threads a training step uses, the BLAS guard to hold around it).
+    """(threads a training step uses, the BLAS guard to hold around it);
+    the threads are negative for a step split by the rows of its batch.
 
     ``flops``: product flops of the step (6 m sum(d_in d_out));
     ``packed``: m sum(d_in + 2 d_out), the operands each thread of a split
@@ -170,19 +171,26 @@ def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0
     its whole dA of the backward ones); ``params``: the parameters the step
     updates; ``opt_kind``: the optimizer's kernel kind.  More than one
     thread (the step split by blocks of columns, each calling OpenBLAS
-    single-threaded) pays for its threads' repeated packing; one (OpenBLAS's
-    own threads for the products, which pack once) leaves the update,
-    gather and element-wise passes on one thread.  The first wins while the
-    update outweighs the packing: by measurement, while ``nt * packed <
+    single-threaded) pays for its threads' repeated packing; split by the
+    rows of its batch (-nt: each thread a whole forward and backward pass
+    of its rows with single-threaded BLAS, then the update by blocks of the
+    parameters, ``_kernels.network.batch_split_step``) it pays instead for a
+    gradient buffer per extra thread and their sum, a pass over
+    ``(nt - 1) * params`` values.  The first wins while the update
+    outweighs the packing: by measurement, while ``nt * packed <
     SPLIT_MAX_PACKED[opt_kind] * params`` (at 784-256-128-10 on 2 threads,
-    up to 180 rows a batch with SGD, 360 with Adam)."""
+    up to 180 rows a batch with SGD, 360 with Adam); above, the second.
+    One thread (OpenBLAS's own threads for the products, which pack once,
+    and everything else on one thread) is kept for steps too small to
+    split."""
     if flops < 2 * PARALLEL_MIN_FLOPS:
         # too small for any split; and numba.get_num_threads() costs ~2 us,
         # a third of train_on_batch's overhead at 64-128-10 (issue 16, item 5;
         # its fast path repeats this rule inline, without the call)
         return 1, NO_GUARD
     nt = numba.get_num_threads()
-    if nt > 1 and (flops < PARALLEL_MIN_FLOPS * nt
-                   or nt * packed >= SPLIT_MAX_PACKED[opt_kind] * params):
-        nt = 1
-    return nt, (BLAS_SINGLE if nt > 1 else NO_GUARD)
+    if nt == 1 or flops < PARALLEL_MIN_FLOPS * nt:
+        return 1, NO_GUARD
+    if nt * packed >= SPLIT_MAX_PACKED[opt_kind] * params:
+        return -nt, BLAS_SINGLE
+    return nt, BLAS_SINGLE

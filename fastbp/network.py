@@ -861,11 +861,26 @@ class MLP:
         m = min(batch_size, rows)
         nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
                                  self._params.size, opt.kind)
+        if nt < -1:
+            self._batch_scratch(ws, -nt)
         with guard:
             return _r.call_committing(_net.train_epoch, (
                 _rec.data(X, y_int, y_f, sw, kind), perm, batch_size, self._net_record(),
                 _rec.optimizer(opt.kind, hp, s1, s2, opt.step_), _rec.workspace(ws), nt,
                 float(loss_sum), check_inputs), _committer(opt, 4))
+
+    def _batch_scratch(self, ws, nt):
+        """Make the workspace's ``scratch`` hold what a step split by the
+        rows of its batch between nt threads needs (a gradient buffer per
+        extra thread: ``_kernels.network.batch_scratch_size``), allocated on
+        the first such step; returns whether it was reallocated (a record
+        holding the old one is then out of date)."""
+        need = _net.batch_scratch_size(nt, self._params.size)
+        if ws["scratch"].size >= need:
+            return False
+        ws["scratch"] = v.zeros(need, self.dtype, "batch_size",
+                                f"the gradient buffers of {nt} threads")
+        return True
 
     def _slicer(self, batch_size):
         """The ``_responsive.Slicer`` of this model's epochs of ``batch_size``
@@ -963,6 +978,8 @@ class MLP:
         else:
             nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row,
                                      fast.n_params, opt.kind)
+            if nt < -1 and self._batch_scratch(fast.ws, -nt):
+                fast.ws_record = _rec.workspace(fast.ws)
         # the data record (records.data), inline: a Python call less per step
         args = ((X, y_int, y_f, ck.no_weights, kind), fast.order[:n], n, fast.net,
                 fast.opt_head + (opt.step_,), fast.ws_record, nt, 0.0, True)

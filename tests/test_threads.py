@@ -1,6 +1,9 @@
-"""The training step on several threads (issue 16): each layer split into
-column blocks, one single-threaded BLAS call per thread, the update fused
-into the backward pass.  It must compute the one-thread step (within float
+"""The training step on several threads (issue 16), split two ways: each
+layer into blocks of W, one single-threaded BLAS call per thread, the update
+fused into the backward pass; or the batch into blocks of rows, each thread
+a whole forward and backward pass of its rows, then the update by blocks of
+the parameters with the threads' gradients summed.  Every test here runs
+with each split.  The step must compute the one-thread step (within float
 rounding: the blocks' products and L2 sums may round differently), be
 bit-for-bit repeatable for a given thread count, keep every divergence rule,
 and leave NumPy's BLAS threads as the user set them."""
@@ -8,6 +11,7 @@ and leave NumPy's BLAS threads as the user set them."""
 import numba
 import numpy as np
 import pytest
+from test_check_cache import BAD_BATCHES, _data, _error, _fresh
 
 import fastbp as fb
 from fastbp._threads import BLAS_SINGLE
@@ -20,12 +24,15 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
 SHIPPED_SPLIT_MAX_PACKED = fb._threads.SPLIT_MAX_PACKED
 
 
-@pytest.fixture(autouse=True)
-def _always_split(monkeypatch):
+@pytest.fixture(autouse=True, params=["blocks of W", "batch rows"])
+def split(request, monkeypatch):
+    """How a step on several threads is split (the rule's constant set so
+    that every step of two threads or more is split that way)."""
     # these networks are small enough that the step would run on one thread
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
-    # and their updates too small against their batches' packing for a split
-    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", (float("inf"), float("inf")))
+    bound = float("inf") if request.param == "blocks of W" else 0.0
+    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", (bound, bound))
+    return request.param
 
 # widths whose blocks are uneven (not multiples of 16) and wide enough that
 # the forward products are split too (>= 32 columns per thread)
@@ -110,21 +117,29 @@ def test_divergence_on_threads_leaves_the_last_good_step(threads):
     assert np.isfinite(before_loss[0]).all()
 
 
-def test_small_steps_stay_on_one_thread(monkeypatch):
+def test_small_steps_stay_on_one_thread(monkeypatch, split):
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
+    old = numba.get_num_threads()
     numba.set_num_threads(2)
-    assert fb._threads.step_threads(3e6)[0] == 1
-    assert fb._threads.step_threads(5e6)[0] == 2
+    try:
+        assert fb._threads.step_threads(3e6)[0] == 1
+        assert fb._threads.step_threads(5e6, 1.0, 1.0)[0] == (2 if split == "blocks of W"
+                                                             else -2)
+    finally:
+        numba.set_num_threads(old)
 
 
-def test_large_batches_leave_the_products_to_blas_threads(monkeypatch):
-    """A split step's threads each pack their whole h and dA for OpenBLAS;
-    past SPLIT_MAX_PACKED times the parameters (nt = 2 at 784-256-128-10:
-    180 rows with SGD, 360 with Adam, whose update costs more) the step runs
-    on one thread with OpenBLAS's own threads (no guard), as measured
-    faster (docs/performance.md)."""
+def test_large_batches_split_by_rows(monkeypatch, split):
+    """A step split by blocks of W has each thread pack its whole h and dA
+    for OpenBLAS; past SPLIT_MAX_PACKED times the parameters (nt = 2 at
+    784-256-128-10: 180 rows with SGD, 360 with Adam, whose update costs
+    more) the step is split by batch rows instead (nt = -2), as measured
+    faster (docs/performance.md); both hold OpenBLAS to one thread."""
     from fastbp._kernels.optim import ADAM, SGD
-    from fastbp._threads import NO_GUARD, step_threads
+    from fastbp._threads import BLAS_SINGLE, step_threads
+
+    if split != "blocks of W":
+        pytest.skip("the shipped rule: once")
 
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 2e6)
     monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", SHIPPED_SPLIT_MAX_PACKED)
@@ -138,11 +153,11 @@ def test_large_batches_leave_the_products_to_blas_threads(monkeypatch):
     try:
         for kind, last_split in ((SGD, 180), (ADAM, 360)):
             for m in (64, 128, last_split, last_split + 1, 512):
-                want = 2 if m <= last_split else 1
+                want = 2 if m <= last_split else -2
                 nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
                                          params, kind)
                 assert nt == want, (kind, m)
-                assert (guard is NO_GUARD) == (want == 1)
+                assert guard is BLAS_SINGLE
     finally:
         numba.set_num_threads(old)
 
@@ -245,3 +260,105 @@ def test_a_failed_step_of_a_short_epoch_puts_its_old_values_back(rows, threads):
         return m
 
     assert _fit_against_train_on_batch(model, X, y, "update", threads) == 1
+
+
+def _targets(output, rng, n, d):
+    if output == "softmax":  # target rows (soft labels)
+        t = rng.random((n, d))
+        return t / t.sum(axis=1, keepdims=True)
+    if output == "sigmoid":
+        return (rng.random((n, d)) < 0.4).astype(float)
+    if output == "exp":
+        return rng.poisson(2.0, (n, d)).astype(float)
+    return rng.standard_normal((n, d))
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity", "exp"])
+def test_every_loss_with_sample_weights_and_a_last_batch_of_one_row(output):
+    """Each loss with row weights and the L2 term, and an epoch whose last
+    batch has one row (one thread of a split by batch rows then has none)."""
+    rng = np.random.default_rng(4)
+    n = 3 * 20 + 1
+    X = rng.standard_normal((n, 30))
+    y = _targets(output, rng, n, 4)
+    sw = rng.random(n) * 2.0
+
+    def run(threads):
+        model = fb.MLP([30, 70, 4], activation="tanh", output=output, dtype="float64",
+                       seed=2, alpha=1e-3)
+        opt = fb.Adam(lr=1e-2)
+        old = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            hist = model.fit(X, y, epochs=2, batch_size=20, optimizer=opt,
+                             sample_weight=sw)
+            loss = model.train_on_batch(X[:41], y[:41], sample_weight=sw[:41])
+        finally:
+            numba.set_num_threads(old)
+        return model.flat_params.copy(), np.asarray(opt.state_).copy(), hist["loss"], loss
+
+    one, two = run(1), run(2)
+    for a, b in zip(two, one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_train_on_batch_sizes_the_threads_gradient_buffers(split):
+    """The fast path of train_on_batch made on one thread, then called on
+    two: a split by batch rows needs a gradient buffer per extra thread,
+    which the call must allocate and hand to the kernel (without it the
+    kernel would fall back to one thread)."""
+    from fastbp._kernels.network import batch_scratch_size
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((48, 30)).astype(np.float32)
+    y = rng.integers(0, 5, 48)
+    model = fb.MLP([30, 64, 5], dtype="float32", seed=0)
+    model.optimizer = fb.SGD(lr=0.05, momentum=0.9)
+    reference = fb.MLP([30, 64, 5], dtype="float32", seed=0)
+    reference.optimizer = fb.SGD(lr=0.05, momentum=0.9)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        for m in (model, reference):
+            m.train_on_batch(X, y)
+        assert model._tob is not None  # the next call takes the fast path
+        numba.set_num_threads(2)
+        model.train_on_batch(X, y)
+        numba.set_num_threads(1)
+        reference.train_on_batch(X, y)
+    finally:
+        numba.set_num_threads(old)
+    scratch = model._ws["scratch"]
+    assert model._tob.ws_record[-1] is scratch
+    if split == "batch rows":
+        assert scratch.size >= batch_scratch_size(2, model.n_params)
+    np.testing.assert_allclose(model.flat_params, reference.flat_params, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", BAD_BATCHES)
+def test_bad_values_in_any_threads_rows_get_the_checked_paths_error(name):
+    """train_on_batch's fast path leaves the value checks of X and int
+    labels to the epoch kernel, which checks each thread's rows as that
+    thread gathers them when the step is split by batch rows: a bad value
+    in any thread's rows gets the checked path's error, and nothing is
+    written or counted."""
+    X, y = _data(n=48)
+    Xb, yb = BAD_BATCHES[name](X, y)
+    m0, o0 = _fresh()
+    first = _error(lambda: m0.train_on_batch(Xb, yb, optimizer=o0))
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        m, o = _fresh()
+        m.train_on_batch(X, y, optimizer=o)
+        m.train_on_batch(X, y)
+        assert m._tob is not None  # the next call takes the fast path
+        memory = [a.tobytes() for a in (m._params, *o.state_)]
+        step = o.step_
+        assert _error(lambda: m.train_on_batch(Xb, yb)) == first
+        assert [a.tobytes() for a in (m._params, *o.state_)] == memory
+        assert o.step_ == step
+        m.train_on_batch(X, y)  # and it goes on
+        assert o.step_ == step + 1
+    finally:
+        numba.set_num_threads(old)

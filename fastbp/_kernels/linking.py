@@ -123,6 +123,21 @@ def _update_block_args(t):
     return (_I64, _I64, _c(t, 1), _c(t, 1), _optimizer_record(t), _next_buffers(t))
 
 
+def _gather_source(t):
+    # X, perm, start, check (network.batch_pass)
+    return types.Tuple((_c(t, 2), _c(_I64, 1), _I64, _B))
+
+
+def _batch_block_args(t):
+    # network.batch_pass and batch_update: thread, threads, the step's
+    # records as train_step takes them, the gather's source
+    return (_I64, _I64, *_train_step_args(t)[:4], _gather_source(t))
+
+
+def _batch_par_args(t):
+    return (_I64, *_train_step_args(t)[:4], _gather_source(t), _I64)
+
+
 def _first_layer_args(t):
     # sparse.first_layer_par's; first_layer_rows takes the thread index first
     return (_I64, _c(t, 1), _c(t, 1), _I64, _F64, _c(t, 2), _c(t, 1), _c(_I64, 1),
@@ -170,6 +185,11 @@ _SPECS = {
     "network.check_batch": (lambda t: (_c(t, 1), _c(_I64, 1), _I64), lambda t: _I64),
     "network.gather_block": (lambda t: (_c(t, 2), _c(_I64, 1), _I64, _I64, _I64, _c(t, 2)),
                              lambda t: _NONE),
+    "network.batch_pass": (_batch_block_args, lambda t: _NONE),
+    "network.batch_update": (_batch_block_args, lambda t: _NONE),
+    "network.batch_par": (_batch_par_args, lambda t: _NONE),
+    "network.batch_split_step": (lambda t: (*_train_step_args(t)[:4], _gather_source(t), _I64),
+                                 lambda t: types.Tuple((_I64, t, _I64, _I64))),
     "network.train_step": (_train_step_args, lambda t: types.Tuple((_I64, t, _I64, _I64))),
     "sparse.first_layer_rows": (lambda t: (_I64, *_first_layer_args(t)), lambda t: _NONE),
     "sparse.first_layer_par": (_first_layer_args, lambda t: _NONE),

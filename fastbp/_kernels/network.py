@@ -315,6 +315,13 @@ def block(d, nt, t):
     return c0, c1
 
 
+@njit(**JIT_INLINE)
+def row_block(m, nt, t):
+    """Rows [r0, r1) of a batch of m rows that thread t of nt takes in a
+    step split by batch rows, and gathers (unaligned: rows are whole)."""
+    return m * t // nt, m * (t + 1) // nt
+
+
 @njit(**JIT)
 def forward_block(params, p_off, d_in, d_out, code, h, out, c0, c1):
     """Columns [c0, c1) of one layer: out[:, c0:c1] = g(h @ W[:, c0:c1] +
@@ -527,7 +534,7 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
             c0, c1 = block(d_out, nt, np.int64(t))
             _forward_block(params, off, d_in, d_out, code, h_in, da, c0, c1)
         elif which == GATHER:
-            r0, r1 = block(d_in, nt, np.int64(t))
+            r0, r1 = row_block(d_in, nt, np.int64(t))
             _gather_block(h_in, rows, off, r0, r1, da)
         elif which >= FORWARD_ROWS:
             _forward_split(which, np.int64(t), nt, layer)
@@ -537,6 +544,218 @@ def layer_par(which, layer, opt, nxt, nt, scratch, rows):
 
 _backward_block = linked("network.backward_block")
 _layer_par = linked("network.layer_par")
+
+
+#: the update of a step split by the rows of its batch (``batch_update``)
+#: adds the threads' gradients and updates this many parameters at a time,
+#: so that the sum is still in L1 when the update reads it
+BATCH_CHUNK = 4096
+
+
+@njit(**JIT_INLINE)
+def batch_scratch_size(nt, n_params):
+    """Values of the workspace's ``scratch`` a step split by the rows of
+    its batch between nt threads needs: 3 nt for the threads' sums and
+    statuses, then one gradient buffer for each thread but the first
+    (``thread_grads``)."""
+    return _grads_at(nt) + (nt - 1) * _grads_stride(n_params)
+
+
+@njit(**JIT_INLINE)
+def _grads_at(nt):
+    # the threads' gradients start on a 64-byte line of float32
+    return (3 * nt + BLOCK_ALIGN - 1) // BLOCK_ALIGN * BLOCK_ALIGN
+
+
+@njit(**JIT_INLINE)
+def _grads_stride(n_params):
+    return (n_params + BLOCK_ALIGN - 1) // BLOCK_ALIGN * BLOCK_ALIGN
+
+
+@njit(**JIT_INLINE)
+def thread_grads(grads, scratch, nt, t):
+    """The gradient buffer of thread t of a step split by batch rows: the
+    network's own for thread 0, a slice of ``scratch`` for the others."""
+    if t == 0:
+        return grads
+    at = _grads_at(nt) + (t - 1) * _grads_stride(grads.size)
+    return scratch[at:at + grads.size]
+
+
+@njit(**JIT)
+def batch_pass(t, nt, net, batch, opt, ws, src):
+    """Thread t of nt of a step split by the rows of its batch: for the
+    rows [r0, r1) = ``row_block(m, nt, t)``, their gather from the source
+    ``src`` = (X, perm, start, check) (xb[r] = X[perm[start + r]]), their
+    check when ``check`` (``check_batch``), the forward pass, the loss and
+    the backward pass, with the gradient (no L2 term) into
+    ``thread_grads`` and the rows' share of the activations and deltas
+    (rows r0 .. r1 of each buffer, laid out as for a batch of r1 - r0
+    rows).  The batch record's x is the workspace's (m, d_0) batch buffer;
+    its targets are gathered and the row weights ``rw`` of the whole batch
+    made by the caller.  Writes the rows' weighted loss sum to scratch[t],
+    their count of correct rows to scratch[nt + t] and the check's status
+    (0, BAD_X or BAD_LABEL) to scratch[2 nt + t].  ``opt`` is not read (the
+    signature is ``batch_update``'s)."""
+    params, grads, widths, codes, _ = net
+    x, y_int, y_f, _, loss_kind = batch
+    _, _, _, _, acts, delta_a, delta_b, rw, _, _, _, scratch = ws
+    X, perm, start, check = src
+    m = x.shape[0]
+    r0, r1 = row_block(m, nt, t)
+    g = thread_grads(grads, scratch, nt, t)
+    loss = params.dtype.type(0)
+    c = 0
+    bad = 0
+    if r1 > r0:
+        copy_rows(X, perm, start, r0, r1, x)
+        xt = x[r0:r1]
+        dl = widths[widths.size - 1]
+        if check:
+            bad = _check_batch(ws[0][r0 * widths[0]:r1 * widths[0]],
+                               y_int[r0:r1] if loss_kind == XENT_LABELS else y_int[:0], dl)
+        if bad == 0:
+            s = 0
+            d = 0
+            for k in range(1, widths.size):
+                s += widths[k]
+                d = max(d, widths[k])
+            at = acts[r0 * s:r1 * s]
+            da = delta_a[r0 * d:r1 * d]
+            out = forward(params, widths, codes, xt, at)
+            loss, c = output_loss(loss_kind, out, y_int[r0:r1], y_f[r0:r1], rw[r0:r1],
+                                  view2d(da, 0, r1 - r0, dl))
+            backward(params, g, widths, codes, 0.0, xt, at, da, delta_b[r0 * d:r1 * d])
+    else:  # fewer rows than threads: nothing to add
+        g[:] = params.dtype.type(0)
+    scratch[t] = loss
+    scratch[nt + t] = params.dtype.type(c)
+    scratch[2 * nt + t] = params.dtype.type(bad)
+
+
+@njit(**JIT)
+def batch_update(t, nt, net, batch, opt, ws, src):
+    """Thread t of nt of the update of a step split by the rows of its
+    batch, after every ``batch_pass``: for its block of the parameters
+    (``block(params.size, nt, t)``), BATCH_CHUNK at a time, the sum of the
+    threads' gradients in thread order, the L2 term alpha / m * W on the
+    weights (``net``'s alpha as ``l2_alpha`` gives it), then
+    ``update_block`` (``opt``: its step count is this update's; into the
+    workspace's p_next, s1_next, s2_next).  Writes the block's sum of W**2
+    to scratch[t] and its update severity to scratch[nt + t].  ``src`` is
+    not read (the signature is ``batch_pass``'s)."""
+    params, grads, widths, _, alpha = net
+    m = batch[0].shape[0]
+    _, _, _, _, _, _, _, _, p_next, s1_next, s2_next, scratch = ws
+    nxt = (p_next, s1_next, s2_next)
+    lo, hi = block(params.size, nt, t)
+    reg = params.dtype.type(alpha / m)
+    acc = params.dtype.type(0)
+    worst = 0
+    w0 = 0
+    for k in range(widths.size - 1):
+        w1 = w0 + widths[k] * widths[k + 1]  # W_k is [w0, w1), b_k [w1, b1)
+        b1 = w1 + widths[k + 1]
+        for part in range(2):
+            a0 = max(lo, w0 if part == 0 else w1)
+            a1 = min(hi, w1 if part == 0 else b1)
+            for a in range(a0, a1, BATCH_CHUNK):
+                b = min(a1, a + BATCH_CHUNK)
+                gs = grads[a:b]  # slices indexed from 0: vectorises
+                for u in range(1, nt):
+                    gu = thread_grads(grads, scratch, nt, u)[a:b]
+                    for i in range(b - a):
+                        gs[i] += gu[i]
+                if part == 0 and alpha != 0.0:
+                    ps = params[a:b]
+                    for i in range(b - a):
+                        gs[i] += reg * ps[i]
+                        acc += ps[i] * ps[i]
+                worst = max(worst, _update_block(a, b, params, grads, opt, nxt))
+        w0 = b1
+    scratch[t] = acc
+    scratch[nt + t] = params.dtype.type(worst)
+
+
+BATCH_PASS = 0
+BATCH_UPDATE = 1
+_batch_pass = linked("network.batch_pass")
+_batch_update = linked("network.batch_update")
+
+
+@njit(**JIT_PARALLEL)
+def batch_par(which, net, batch, opt, ws, src, nt):
+    """The nt threads of a step split by the rows of its batch, each
+    calling BLAS single-threaded: BATCH_PASS runs ``batch_pass``,
+    BATCH_UPDATE ``batch_update``.  A parallel leaf of its own, compiled on
+    the first such step (``layer_par``'s records cannot carry a whole
+    network); a fit whose steps are split this way compiles no other."""
+    for t in prange(nt):
+        if which == BATCH_PASS:
+            _batch_pass(np.int64(t), nt, net, batch, opt, ws, src)
+        else:
+            _batch_update(np.int64(t), nt, net, batch, opt, ws, src)
+
+
+_batch_par = linked("network.batch_par")
+
+
+@njit(**JIT)
+def batch_split_step(net, batch, opt, ws, src, nt):
+    """``train_step`` split by the rows of its batch between nt threads
+    (``batch_par``), with its gather from ``src`` = (X, perm, start, check)
+    into the batch record's x, and the check of that batch when ``check``:
+    each thread gathers its rows and makes their whole forward and backward
+    pass, then, once all are done, each updates its block of the
+    parameters with the threads' gradients summed.  No thread waits for
+    another between layers, and the gather, the element-wise passes, the
+    loss and the update all run on every thread; the price is a gradient
+    buffer per extra thread and their sum (docs/performance.md, "Issue 16,
+    seventh round").  The batch's targets are gathered by the caller.
+    Returns what ``train_step`` does, or status BAD_X or BAD_LABEL (as
+    ``check_batch``) before any update."""
+    net = unowned(net)
+    batch = unowned(batch)
+    opt = unowned(opt)
+    ws = unowned(ws)
+    src = unowned(src)
+    params, grads, widths, codes, alpha = net
+    x, _, _, sw, _ = batch
+    opt_kind, hp, s1, s2, step = opt
+    rw, p_next, s1_next, s2_next, scratch = ws[7], ws[8], ws[9], ws[10], ws[11]
+    m = x.shape[0]
+    row_weights(m, sw, rw)
+    _batch_par(BATCH_PASS, net, batch, opt, ws, src, nt)
+    loss = params.dtype.type(0)
+    c = 0
+    bad = 0
+    for t in range(nt):  # in thread order: the same sum on every run
+        loss += scratch[t]
+        c += int(scratch[nt + t])
+        if bad == 0:  # the first bad block's status, as one check would find
+            bad = int(scratch[2 * nt + t])
+    if bad != 0:
+        return bad, loss, c, step
+    if not np.isfinite(loss):
+        return 1, loss, c, step
+    a = l2_alpha(alpha, m, sw)
+    _batch_par(BATCH_UPDATE, (params, grads, widths, codes, a), batch,
+               (opt_kind, hp, s1, s2, step + 1), ws, src, nt)
+    l2 = params.dtype.type(0)
+    worst = 0
+    for t in range(nt):
+        l2 += scratch[t]
+        worst = max(worst, int(scratch[nt + t]))
+    loss += params.dtype.type(0.5) * params.dtype.type(a / m) * l2
+    status = step_status(loss, worst, opt_kind, hp, params, s1, s2, p_next, s1_next,
+                         s2_next)
+    if status != 0:
+        return status, loss, c, step
+    return 0, loss, c, step + 1
+
+
+# a leaf: compiled on the first step split by batch rows, not by other fits
+_batch_split_step = linked("network.batch_split_step")
 
 
 @njit(**JIT_INLINE)
@@ -654,7 +873,8 @@ def train_step(net, batch, opt, ws, nt):
     single-threaded on its own block; the caller sets OpenBLAS's own threads to 1 around the
     call (``fastbp._threads.BLAS_SINGLE``), so that BLAS's threads and the
     step's never run at once.  The loss of the (narrow) output layer runs
-    on one thread.
+    on one thread.  (A step split by the rows of its batch is
+    ``batch_split_step``, which ``train_epoch`` calls for a negative nt.)
 
     Why a second buffer: the finiteness check and the update are one pass
     over the parameters (each read once), done block by block right after
@@ -778,29 +998,36 @@ def train_epoch(data, perm, batch_size, net, opt, ws, nt, loss_sum0, check_input
     failed = 0  # the status of a failed step being replayed up to
     fail_at = nb
     bi = 0
+    if nt < -1 and scratch.size < batch_scratch_size(-nt, params.size):
+        nt = 1  # no room for the threads' gradients (MLP makes it first)
     while bi < fail_at:
         start = bi * batch_size
         m = min(batch_size, n - start)
         xv = view2d(xb, 0, m, d0)
-        if nt > 1:  # a split step: the gather on the step's threads too
-            _layer_par(GATHER, (params, grads, start, m, d0, X, xv, xv, 0, 0.0),
-                       (0, _NO_HP, s1, s2, 0), (p_nxt, s1_nxt, s2_nxt), nt, scratch,
-                       perm)
-        else:  # inline, not the leaf: the one-thread fit compiles no more
-            copy_rows(X, perm, start, 0, m, xv)
         yf, swv = gather_targets(perm, start, m, loss_kind, y_int, y_f, sw, yb_int, yb_f,
                                  swb, dl)
-        if check_inputs:
-            status = _check_batch(xb[:m * d0], yb_int[:m] if loss_kind == XENT_LABELS
-                                  else yb_int[:0], dl)
-            if status != 0:
+        net_r = (params, grads, widths, codes, alpha)
+        batch_r = (xv, yb_int[:m], yf, swv, loss_kind)
+        opt_r = (step_kind, hp, s1, s2, step)
+        ws_r = (xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_nxt, s1_nxt, s2_nxt, scratch)
+        if nt < -1:  # split by batch rows: each thread gathers and checks its rows
+            status, loss, c, step = _batch_split_step(net_r, batch_r, opt_r, ws_r,
+                                                      (X, perm, start, check_inputs), -nt)
+            if status >= BAD_X:
                 break
-        status, loss, c, step = _train_step(
-            (params, grads, widths, codes, alpha), (xv, yb_int[:m], yf, swv, loss_kind),
-            (step_kind, hp, s1, s2, step),
-            (xb, yb_int, yb_f, swb, acts, delta_a, delta_b, rw, p_nxt, s1_nxt, s2_nxt, scratch),
-            nt,
-        )
+        else:
+            if nt > 1:  # a split step: the gather on the step's threads too
+                _layer_par(GATHER, (params, grads, start, m, d0, X, xv, xv, 0, 0.0),
+                           (0, _NO_HP, s1, s2, 0), (p_nxt, s1_nxt, s2_nxt), nt, scratch,
+                           perm)
+            else:  # inline, not the leaf: the one-thread fit compiles no more
+                copy_rows(X, perm, start, 0, m, xv)
+            if check_inputs:
+                status = _check_batch(xb[:m * d0], yb_int[:m] if loss_kind == XENT_LABELS
+                                      else yb_int[:0], dl)
+                if status != 0:
+                    break
+            status, loss, c, step = _train_step(net_r, batch_r, opt_r, ws_r, nt)
         if status != 0:
             if not in_place:  # the step put its old values back (train_step)
                 break
