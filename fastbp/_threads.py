@@ -106,23 +106,18 @@ NO_GUARD = _NoGuard()
 PARALLEL_MIN_FLOPS = 2e6
 
 
-#: a step is split between threads only while what its threads pack for
-#: OpenBLAS, each on its own, stays below this many times the parameters:
-#: ``nt * packed < SPLIT_MAX_PACKED[opt_kind] * params`` (see
-#: ``step_threads``), indexed by the optimizer's kind (``_kernels.optim.SGD``,
-#: ``ADAM``): Adam's update reads and writes two state arrays, so its split
-#: pays up to twice the batch.  Fitted on 2 threads (docs/performance.md,
-#: "Split step or OpenBLAS's threads"): SGD with momentum on 21 shapes and
-#: batches, right on 19, the other two missed by 3.8 % and 0.9 %, and right
-#: on the 6 measured after; SGD without momentum right on 4 of 4; Adam on 10,
-#: right on all, and on 5 of the 6 measured after (the miss: 2 %).  Not
-#: measured beyond 2 threads.  Checked again after two-thread steps split
-#: the forward products by rows of W and updated in place (2026-12-07,
-#: epoch / floor, split against OpenBLAS's threads, SGD with momentum,
-#: 784-256-128-10): b128 1.19 against 1.36-1.39, b256 1.26-1.27 against
-#: 1.26-1.27, b512 1.29-1.31 against 1.29: the boundary at 180 rows still
-#: falls where the two arrangements meet.
-SPLIT_MAX_PACKED = (3.0, 6.0)
+#: a step on nt threads is split by blocks of W while what its threads pack
+#: for OpenBLAS, each on its own, stays below this many times the
+#: parameters that a split by batch rows would add up from extra gradient
+#: buffers: ``nt * packed < SPLIT_MAX_PACKED * (nt - 1) * params`` (see
+#: ``step_threads``); above, it is split by batch rows.  The first costs
+#: each thread its whole h and dA packed, the second each thread its share
+#: of the sum of nt - 1 gradient buffers.  Fitted on 2 threads
+#: (docs/performance.md, "Issue 16, seventh round"; both splits fit for fit,
+#: SGD with momentum and Adam, 11 shapes and batches each): the two meet at
+#: 2 packed / params = 1.95-2.15 for both optimizers, one shape off by 2.6 %
+#: at 2.13.  Not measured beyond 2 threads.
+SPLIT_MAX_PACKED = 2.0
 
 
 #: a sparse step splits its first layer's pass and its update between
@@ -161,25 +156,23 @@ def sparse_threads(tail_flops, params):
     return 1, NO_GUARD
 
 
-def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0):
+def step_threads(flops=float("inf"), packed=0.0, params=float("inf")):
     """(threads a training step uses, the BLAS guard to hold around it);
     the threads are negative for a step split by the rows of its batch.
 
     ``flops``: product flops of the step (6 m sum(d_in d_out));
-    ``packed``: m sum(d_in + 2 d_out), the operands each thread of a split
-    step packs for OpenBLAS on its own (its whole h of the forward products,
-    its whole dA of the backward ones); ``params``: the parameters the step
-    updates; ``opt_kind``: the optimizer's kernel kind.  More than one
-    thread (the step split by blocks of columns, each calling OpenBLAS
-    single-threaded) pays for its threads' repeated packing; split by the
-    rows of its batch (-nt: each thread a whole forward and backward pass
-    of its rows with single-threaded BLAS, then the update by blocks of the
-    parameters, ``_kernels.network.batch_split_step``) it pays instead for a
-    gradient buffer per extra thread and their sum, a pass over
-    ``(nt - 1) * params`` values.  The first wins while the update
-    outweighs the packing: by measurement, while ``nt * packed <
-    SPLIT_MAX_PACKED[opt_kind] * params`` (at 784-256-128-10 on 2 threads,
-    up to 180 rows a batch with SGD, 360 with Adam); above, the second.
+    ``packed``: m sum(d_in + 2 d_out), the operands each thread of a step
+    split by blocks of W packs for OpenBLAS on its own (its whole h of the
+    forward products, its whole dA of the backward ones); ``params``: the
+    parameters the step updates.  On nt > 1 threads a step is split one of
+    two ways, each thread calling OpenBLAS single-threaded (the guard holds
+    it there): by blocks of W (nt), paying for the threads' repeated
+    packing, or by the rows of its batch (-nt: each thread a whole forward
+    and backward pass of its rows, then the update by blocks of the
+    parameters, ``_kernels.network.batch_split_step``), paying for a
+    gradient buffer per extra thread and their sum.  By measurement the
+    first wins while ``nt * packed < SPLIT_MAX_PACKED * (nt - 1) *
+    params`` (at 784-256-128-10 on 2 threads: up to 120 rows a batch).
     One thread (OpenBLAS's own threads for the products, which pack once,
     and everything else on one thread) is kept for steps too small to
     split."""
@@ -191,6 +184,6 @@ def step_threads(flops=float("inf"), packed=0.0, params=float("inf"), opt_kind=0
     nt = numba.get_num_threads()
     if nt == 1 or flops < PARALLEL_MIN_FLOPS * nt:
         return 1, NO_GUARD
-    if nt * packed >= SPLIT_MAX_PACKED[opt_kind] * params:
+    if nt * packed >= SPLIT_MAX_PACKED * (nt - 1) * params:
         return -nt, BLAS_SINGLE
     return nt, BLAS_SINGLE

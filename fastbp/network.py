@@ -860,7 +860,7 @@ class MLP:
         rows = perm.size if rows is None else rows
         m = min(batch_size, rows)
         nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
-                                 self._params.size, opt.kind)
+                                 self._params.size)
         if nt < -1:
             self._batch_scratch(ws, -nt)
         with guard:
@@ -977,7 +977,7 @@ class MLP:
             nt, guard = 1, None  # step_threads' first rule, without its call
         else:
             nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row,
-                                     fast.n_params, opt.kind)
+                                     fast.n_params)
             if nt < -1 and self._batch_scratch(fast.ws, -nt):
                 fast.ws_record = _rec.workspace(fast.ws)
         # the data record (records.data), inline: a Python call less per step

@@ -171,7 +171,7 @@ _FIRST_FIT = textwrap.dedent(
     from fastbp._kernels import linking
     from numba import types
     _threads.PARALLEL_MIN_FLOPS = 0  # split even this tiny step on 2 threads
-    _threads.SPLIT_MAX_PACKED = (float("inf"), float("inf"))
+    _threads.SPLIT_MAX_PACKED = float("inf")
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32)
     y = rng.integers(0, 3, 64)

@@ -31,7 +31,7 @@ def split(request, monkeypatch):
     # these networks are small enough that the step would run on one thread
     monkeypatch.setattr(fb._threads, "PARALLEL_MIN_FLOPS", 0)
     bound = float("inf") if request.param == "blocks of W" else 0.0
-    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", (bound, bound))
+    monkeypatch.setattr(fb._threads, "SPLIT_MAX_PACKED", bound)
     return request.param
 
 # widths whose blocks are uneven (not multiples of 16) and wide enough that
@@ -132,10 +132,9 @@ def test_small_steps_stay_on_one_thread(monkeypatch, split):
 def test_large_batches_split_by_rows(monkeypatch, split):
     """A step split by blocks of W has each thread pack its whole h and dA
     for OpenBLAS; past SPLIT_MAX_PACKED times the parameters (nt = 2 at
-    784-256-128-10: 180 rows with SGD, 360 with Adam, whose update costs
-    more) the step is split by batch rows instead (nt = -2), as measured
-    faster (docs/performance.md); both hold OpenBLAS to one thread."""
-    from fastbp._kernels.optim import ADAM, SGD
+    784-256-128-10: from 121 rows) the step is split by batch rows instead
+    (nt = -2), as measured faster (docs/performance.md); both hold
+    OpenBLAS to one thread."""
     from fastbp._threads import BLAS_SINGLE, step_threads
 
     if split != "blocks of W":
@@ -147,17 +146,15 @@ def test_large_batches_split_by_rows(monkeypatch, split):
     ws = model._workspace(256, "X")
     assert ws["pack_per_row"] == (784 + 512) + (256 + 256) + (128 + 20)
     params = model.n_params
+    last_split = 120  # 2 * 120 * 1956 < 2 * 235146 <= 2 * 121 * 1956
     old = numba.get_num_threads()
     numba.set_num_threads(2)
-    assert fb.SGD().kind == SGD and fb.Adam().kind == ADAM
     try:
-        for kind, last_split in ((SGD, 180), (ADAM, 360)):
-            for m in (64, 128, last_split, last_split + 1, 512):
-                want = 2 if m <= last_split else -2
-                nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
-                                         params, kind)
-                assert nt == want, (kind, m)
-                assert guard is BLAS_SINGLE
+        for m in (64, last_split, last_split + 1, 512):
+            want = 2 if m <= last_split else -2
+            nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"], params)
+            assert nt == want, m
+            assert guard is BLAS_SINGLE
     finally:
         numba.set_num_threads(old)
 
