@@ -862,7 +862,7 @@ class MLP:
         nt, guard = step_threads(m * ws["flops_per_row"], m * ws["pack_per_row"],
                                  self._params.size)
         if nt < -1:
-            self._batch_scratch(ws, -nt)
+            nt = self._batch_scratch(ws, nt)[0]
         with guard:
             return _r.call_committing(_net.train_epoch, (
                 _rec.data(X, y_int, y_f, sw, kind), perm, batch_size, self._net_record(),
@@ -870,17 +870,23 @@ class MLP:
                 float(loss_sum), check_inputs), _committer(opt, 4))
 
     def _batch_scratch(self, ws, nt):
-        """Make the workspace's ``scratch`` hold what a step split by the
-        rows of its batch between nt threads needs (a gradient buffer per
-        extra thread: ``_kernels.network.batch_scratch_size``), allocated on
-        the first such step; returns whether it was reallocated (a record
-        holding the old one is then out of date)."""
-        need = _net.batch_scratch_size(nt, self._params.size)
+        """For a step split by the rows of its batch between -nt threads
+        (nt < -1, ``_threads.step_threads``): make the workspace's
+        ``scratch`` hold a gradient buffer per extra thread
+        (``_kernels.network.batch_scratch_size``), allocated on the first
+        such step.  Returns (the threads to use, whether ``scratch`` was
+        reallocated: a record holding the old one is then out of date).
+        Where the buffers would take more than an eighth of this machine's
+        memory the step is split by blocks of W instead (nt = -nt), which
+        needs none."""
+        need = _net.batch_scratch_size(-nt, self._params.size)
         if ws["scratch"].size >= need:
-            return False
+            return nt, False
+        if need * self.dtype.itemsize > v.MEMORY_BYTES // 8:
+            return -nt, False
         ws["scratch"] = v.zeros(need, self.dtype, "batch_size",
-                                f"the gradient buffers of {nt} threads")
-        return True
+                                f"the gradient buffers of {-nt} threads")
+        return nt, True
 
     def _slicer(self, batch_size):
         """The ``_responsive.Slicer`` of this model's epochs of ``batch_size``
@@ -978,8 +984,10 @@ class MLP:
         else:
             nt, guard = step_threads(n * fast.flops_per_row, n * fast.pack_per_row,
                                      fast.n_params)
-            if nt < -1 and self._batch_scratch(fast.ws, -nt):
-                fast.ws_record = _rec.workspace(fast.ws)
+            if nt < -1:
+                nt, grown = self._batch_scratch(fast.ws, nt)
+                if grown:
+                    fast.ws_record = _rec.workspace(fast.ws)
         # the data record (records.data), inline: a Python call less per step
         args = ((X, y_int, y_f, ck.no_weights, kind), fast.order[:n], n, fast.net,
                 fast.opt_head + (opt.step_,), fast.ws_record, nt, 0.0, True)

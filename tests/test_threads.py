@@ -359,3 +359,36 @@ def test_bad_values_in_any_threads_rows_get_the_checked_paths_error(name):
         assert o.step_ == step + 1
     finally:
         numba.set_num_threads(old)
+
+
+def test_without_memory_for_the_threads_gradients_the_step_splits_by_blocks(monkeypatch,
+                                                                           split):
+    """Where the extra gradient buffers of a split by batch rows would take
+    more than an eighth of the machine's memory, the step is split by
+    blocks of W instead: it trains, and allocates none."""
+    from fastbp._kernels.network import batch_scratch_size
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((96, 30)).astype(np.float32)
+    y = rng.integers(0, 5, 96)
+    model = fb.MLP([30, 64, 5], dtype="float32", seed=0)
+    need = batch_scratch_size(2, model.n_params) * 4
+    monkeypatch.setattr(fb._validation, "MEMORY_BYTES", 8 * need - 8)
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        model.fit(X, y, epochs=2, batch_size=48, optimizer=fb.SGD(lr=0.05))
+        model.train_on_batch(X[:48], y[:48])
+        model.train_on_batch(X[48:], y[48:])  # the fast path
+    finally:
+        numba.set_num_threads(old)
+    assert model._ws["scratch"].size < batch_scratch_size(2, model.n_params)
+    reference = fb.MLP([30, 64, 5], dtype="float32", seed=0)
+    numba.set_num_threads(1)
+    try:
+        reference.fit(X, y, epochs=2, batch_size=48, optimizer=fb.SGD(lr=0.05))
+        reference.train_on_batch(X[:48], y[:48])
+        reference.train_on_batch(X[48:], y[48:])
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_allclose(model.flat_params, reference.flat_params, rtol=2e-4, atol=1e-5)
