@@ -732,8 +732,9 @@ def batch_split_step(net, batch, opt, ws, src, nt):
     for t in range(nt):  # in thread order: the same sum on every run
         loss += scratch[t]
         c += int(scratch[nt + t])
-        if bad == 0:  # the first bad block's status, as one check would find
-            bad = int(scratch[2 * nt + t])
+        b = int(scratch[2 * nt + t])
+        if b != 0 and (bad == 0 or b < bad):
+            bad = b  # BAD_X before BAD_LABEL, as one check of the batch finds
     if bad != 0:
         return bad, loss, c, step
     if not np.isfinite(loss):
