@@ -122,6 +122,18 @@ SUM_CHECK_MIN = 1 << 18
 _SUM_WIDTH = 1024
 _ONES = {}
 
+#: arrays of at least this many values have their sums split between the
+#: threads the training steps use (Numba's thread count): Python threads,
+#: each running OpenBLAS's gemv single-threaded on its share of the rows
+#: (the GIL is released meanwhile).  On 2 threads: 0.51 -> 0.44 ms for the
+#: 3.2 M float32 values of a 4096 x 784 X, 11.5 -> 5.9 ms for MNIST's
+#: training set (docs/performance.md, "Issue 16, seventh round"); below, the
+#: hand-off costs about what it saves
+SPLIT_SUM_MIN = 1 << 22
+#: (the pool of the extra threads, its size, the process that made it: a
+#: forked child makes its own, since the parent's threads are not in it)
+_POOL = [None, 0, 0]
+
 
 def all_finite(arr):
     """True if no value of the float array ``arr`` is NaN or infinite.
@@ -148,7 +160,11 @@ def _sums_finite(arr):
     gemv, single-threaded so that no BLAS thread spins into the steps that
     follow): 0.49 ms for the 3.2 M float32 values of a 4096 x 784 X where
     the mask took 0.74-0.77 ms, 12 ms for MNIST's training set where it took
-    25 ms (docs/performance.md, "Issue 16, fifth round")."""
+    25 ms (docs/performance.md, "Issue 16, fifth round"); from
+    SPLIT_SUM_MIN values on, one product per thread on its share of the
+    rows."""
+    import numba
+
     from ._threads import BLAS_SINGLE
 
     flat = arr.reshape(-1)
@@ -156,11 +172,41 @@ def _sums_finite(arr):
     ones = _ONES.get(arr.dtype)
     if ones is None:
         ones = _ONES[arr.dtype] = np.ones(_SUM_WIDTH, arr.dtype)
-    # inf - inf and overflow set the FPU flags that NumPy turns into warnings
-    with BLAS_SINGLE, np.errstate(invalid="ignore", over="ignore"):
-        sums = flat[:rows * _SUM_WIDTH].reshape(rows, _SUM_WIDTH) @ ones
+    sums = flat[:rows * _SUM_WIDTH].reshape(rows, _SUM_WIDTH)
+    nt = min(numba.get_num_threads(), rows) if flat.size >= SPLIT_SUM_MIN else 1
+    with BLAS_SINGLE:
+        if nt > 1:
+            cuts = [rows * t // nt for t in range(nt + 1)]
+            futures = [_pool(nt - 1).submit(_rows_finite, sums[cuts[t]:cuts[t + 1]], ones)
+                       for t in range(1, nt)]
+            ok = _rows_finite(sums[:cuts[1]], ones)
+            # every share finished before BLAS_SINGLE ends (and errors raised)
+            results = [f.result() for f in futures]
+            ok = ok and all(results)
+        else:
+            ok = _rows_finite(sums, ones)
     tail = flat[rows * _SUM_WIDTH:]
-    return bool(np.isfinite(sums).all() and np.isfinite(tail).all())
+    return ok and bool(np.isfinite(tail).all())
+
+
+def _rows_finite(block, ones):
+    """Whether every row sum of ``block`` is finite."""
+    # inf - inf and overflow set the FPU flags that NumPy turns into
+    # warnings; errstate is per thread, so each share sets its own
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(block @ ones).all())
+
+
+def _pool(workers):
+    """A pool of at least ``workers`` threads, made on first use (and again
+    in a forked child, or for more threads)."""
+    pool, size, pid = _POOL
+    if pool is None or size < workers or pid != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fastbp-check")
+        _POOL[:] = [pool, workers, os.getpid()]
+    return pool
 
 
 def array_state(a):

@@ -665,3 +665,37 @@ def test_fit_refuses_a_nan_in_a_large_X():
     with pytest.raises(ValueError, match="X must be finite"):
         m.fit(X, y, epochs=1)
     np.testing.assert_array_equal(m.flat_params, before)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("where", [0, 1023, 150 * 1024 + 5, 301 * 1024 - 1, -1])
+def test_large_array_check_split_between_threads_finds_every_value(monkeypatch, threads,
+                                                                    where):
+    """From SPLIT_SUM_MIN values on, the sums are split between the
+    threads (each a share of the rows, with its own error state): a
+    non-finite value in any share, and opposite infinities in the last
+    share (no warning from a worker thread), are found."""
+    import numba
+
+    from fastbp import _validation as v
+
+    if numba.config.NUMBA_NUM_THREADS < threads:
+        pytest.skip(f"needs a Numba thread pool of {threads}")
+    monkeypatch.setattr(v, "SPLIT_SUM_MIN", v.SUM_CHECK_MIN)
+    # 301 sums of 1024 values and a tail of 77
+    x = np.random.default_rng(0).standard_normal(
+        max(301 * 1024, v.SUM_CHECK_MIN) + 77).astype(np.float32)
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        assert v.all_finite(x)
+        y = x.copy()
+        y[where] = np.nan
+        assert not v.all_finite(y)
+        y = x.copy()
+        y[-1100], y[-1090] = np.inf, -np.inf  # inf - inf in the last share's last sum
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not v.all_finite(y)
+    finally:
+        numba.set_num_threads(old)
