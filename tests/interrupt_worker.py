@@ -13,6 +13,7 @@ an uninterrupted run.  Under mpiexec (MODE "mpi") every rank prints.
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -20,6 +21,10 @@ import time
 import numpy as np
 
 import fastbp as fb
+
+# SIGINT raises KeyboardInterrupt even when the tests run with SIGINT ignored
+# (a shell's background job), which this process would inherit
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 WIDTHS = [64, 256, 256, 10]
 N = 6000

@@ -40,6 +40,15 @@ def child_env(**extra):
                 NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", **extra)
 
 
+#: runs ``python -m fastbp`` with SIGINT as a terminal delivers it, even
+#: when these tests run with SIGINT ignored (a shell's background job,
+#: ``nohup``): a Python started with SIGINT ignored installs no
+#: KeyboardInterrupt handler, and the child would never stop
+#: (interrupt_worker.py restores it the same way)
+CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "runpy.run_module('fastbp', run_name='__main__', alter_sys=True)")
+
+
 def start(args, **kw):
     return subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env(), **kw)
@@ -149,7 +158,7 @@ def test_cli_sigint_one_line_exit_130(tmp_path):
     X, y = np.random.default_rng(0).standard_normal((20000, 64)), np.arange(20000) % 10
     np.savez(tmp_path / "d.npz", X=X.astype(np.float32), y=y)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastbp", "train", "--data", str(tmp_path / "d.npz"),
+        [sys.executable, "-c", CLI, "train", "--data", str(tmp_path / "d.npz"),
          "--layers", "512,512", "--epochs", "1000", "--batch-size", "16",
          "--no-progress", "--out", str(tmp_path / "m.npz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
