@@ -309,7 +309,15 @@ def test_bad_values_on_the_fast_path_get_the_first_call_error(name):
     """train_on_batch's fast path (a call after a checked one) leaves the
     value checks of X and int labels to the epoch kernel; a bad value gets
     the checked path's error, and nothing is written or counted."""
-    X, y = _data()
+    check_bad_batch_on_the_fast_path(name)
+
+
+def check_bad_batch_on_the_fast_path(name, n=8):
+    """The bad batch ``BAD_BATCHES[name]`` of n rows, given to the fast path
+    of train_on_batch, gets the first (checked) call's error, and leaves
+    the parameters, state and step count as they were; the next good call
+    steps on."""
+    X, y = _data(n)
     Xb, yb = BAD_BATCHES[name](X, y)
     assert Xb.dtype == np.float32 and Xb.flags.c_contiguous and yb.dtype == np.int64
     m0, o0 = _fresh()

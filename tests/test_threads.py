@@ -11,7 +11,7 @@ and leave NumPy's BLAS threads as the user set them."""
 import numba
 import numpy as np
 import pytest
-from test_check_cache import BAD_BATCHES, _data, _error, _fresh
+from test_check_cache import BAD_BATCHES, check_bad_batch_on_the_fast_path
 
 import fastbp as fb
 from fastbp._threads import BLAS_SINGLE
@@ -339,24 +339,10 @@ def test_bad_values_in_any_threads_rows_get_the_checked_paths_error(name):
     thread gathers them when the step is split by batch rows: a bad value
     in any thread's rows gets the checked path's error, and nothing is
     written or counted."""
-    X, y = _data(n=48)
-    Xb, yb = BAD_BATCHES[name](X, y)
-    m0, o0 = _fresh()
-    first = _error(lambda: m0.train_on_batch(Xb, yb, optimizer=o0))
     old = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        m, o = _fresh()
-        m.train_on_batch(X, y, optimizer=o)
-        m.train_on_batch(X, y)
-        assert m._tob is not None  # the next call takes the fast path
-        memory = [a.tobytes() for a in (m._params, *o.state_)]
-        step = o.step_
-        assert _error(lambda: m.train_on_batch(Xb, yb)) == first
-        assert [a.tobytes() for a in (m._params, *o.state_)] == memory
-        assert o.step_ == step
-        m.train_on_batch(X, y)  # and it goes on
-        assert o.step_ == step + 1
+        check_bad_batch_on_the_fast_path(name, n=48)
     finally:
         numba.set_num_threads(old)
 
