@@ -48,14 +48,6 @@ def _fit(widths, batch, n_batches, dtype, optimizer, way):
     return run
 
 
-def _picked(widths, batch):
-    model = fb.MLP(list(widths), dtype="float32", seed=0)
-    ws = model._workspace(batch, "batch")
-    nt, _ = _threads.step_threads(batch * ws["flops_per_row"], batch * ws["pack_per_row"],
-                                  model.n_params)
-    return "one thread" if nt == 1 else "blocks of W" if nt > 1 else "batch rows"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sizes", nargs="?", default="784-256-128-10:64,784-256-128-10:512")
@@ -77,7 +69,8 @@ def main(argv=None):
         ratios = "  ".join(f"{way} {med[way] / med['floor']:.3f}" for way in WAYS)
         print(f"{'-'.join(map(str, widths))} b{batch}: {ratios}  rows / blocks "
               f"{med['batch rows'] / med['blocks of W']:.3f}  2 packed / params "
-              f"{2 * packed / params:.2f}  rule: {_picked(widths, batch)}", flush=True)
+              f"{2 * packed / params:.2f}  rule: {bench.step_arrangement(widths, batch)}",
+              flush=True)
 
 
 if __name__ == "__main__":

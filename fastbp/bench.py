@@ -391,6 +391,23 @@ def step_flops(widths, batch):
     return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
 
 
+def step_arrangement(widths, batch):
+    """How fastbp's steps of ``batch`` rows use the threads now
+    (``fastbp._threads.step_threads``): "one thread" (OpenBLAS's threads
+    for the products), or "split by blocks of W" or "split by batch rows"
+    with the thread count."""
+    from . import _threads
+
+    pairs = list(itertools.pairwise(widths))
+    nt, _ = _threads.step_threads(
+        6.0 * batch * sum(a * b for a, b in pairs),
+        float(batch * sum(a + 2 * b for a, b in pairs)),
+        float(sum(a * b + b for a, b in pairs)))
+    if nt == 1:
+        return "one thread"
+    return f"split by {'blocks of W' if nt > 0 else 'batch rows'}, {abs(nt)} threads"
+
+
 #: the clock of in-process timings; ``--cpu-time`` switches it to process CPU time
 _CLOCK = [time.perf_counter]
 
@@ -1165,8 +1182,8 @@ def run_size(widths, batch, dtype, repeats, min_time, with_torch_compile=False,
     Returns
     -------
     dict
-        ``widths``, ``batch``, ``dtype``, ``epoch_batches``,
-        ``gflop_per_step`` (the matrix products), ``impls`` (name ->
+        ``widths``, ``batch``, ``dtype``, ``epoch_batches``, ``arrangement``
+        (:func:`step_arrangement`), ``gflop_per_step`` (the matrix products), ``impls`` (name ->
         :func:`_stats`, in the order timed), ``ratios`` (name -> value,
         target, pass) and ``peers`` (name -> what its worker reported).
     """
@@ -1189,7 +1206,7 @@ def run_size(widths, batch, dtype, repeats, min_time, with_torch_compile=False,
         ratios["fastbp/jax"] = _ratio(fast / med["jax.jit"], None)
     ratios["step/floor"] = _ratio(med["fastbp-step"] / med["floor"], None)
     return {"widths": list(widths), "batch": batch, "dtype": str(np.dtype(dtype)),
-            "epoch_batches": n_batches,
+            "epoch_batches": n_batches, "arrangement": step_arrangement(widths, batch),
             "gflop_per_step": step_flops(widths, batch) / 1e9,
             "impls": {k: _stats(v) for k, v in samples.items()},
             "ratios": ratios, "peers": peers}
@@ -1200,7 +1217,7 @@ def print_size(res):
     med = {k: v["median_s"] for k, v in res["impls"].items()}
     name = "-".join(map(str, res["widths"]))
     print(f"== {name}, batch {res['batch']} (epoch path: {res['epoch_batches']} "
-          "batches/epoch)")
+          f"batches/epoch; steps: {res['arrangement']})")
     print(f"   {'impl':<14}{'median':>12}{'IQR%':>7}   {'x floor':>8}")
     for k, st in res["impls"].items():
         print(f"   {k:<14}{_fmt(st['median_s']):>12}{st['iqr_pct']:6.1f}%   "

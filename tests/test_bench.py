@@ -20,6 +20,25 @@ def test_bench_main_tiny(capsys):
         assert word in out
 
 
+def test_step_arrangement_follows_the_rule():
+    """The arrangement the bench prints is the one the steps take
+    (784-256-128-10 on 2 threads: blocks of W up to 120 rows, batch rows
+    from 121; see tests/test_threads.py)."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a Numba thread pool of 2 or more")
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        w = (784, 256, 128, 10)
+        assert bench.step_arrangement((64, 128, 10), 32) == "one thread"
+        assert bench.step_arrangement(w, 120) == "split by blocks of W, 2 threads"
+        assert bench.step_arrangement(w, 121) == "split by batch rows, 2 threads"
+    finally:
+        numba.set_num_threads(old)
+
+
 def test_parse_sizes():
     assert bench.parse_sizes("64-128-10:32, 784-256-10:64") == [
         ((64, 128, 10), 32), ((784, 256, 10), 64)]
@@ -185,6 +204,7 @@ def test_bench_json_has_the_figures(tiny_outputs):
     assert doc["settings"]["dtype"] == "float32" and doc["settings"]["repeats"] == 2
     (res,) = doc["results"]
     assert (res["widths"], res["batch"], res["dtype"]) == ([8, 16, 4], 8, "float32")
+    assert res["arrangement"] == "one thread"  # 6 kFLOP a step: never split
     for impl in ("fastbp-epoch", "fastbp-step", "floor", "numpy", "naive-numba"):
         st = res["impls"][impl]
         assert 0 < st["q1_s"] <= st["median_s"] <= st["q3_s"]
