@@ -15,7 +15,6 @@ rule picks.
 """
 
 import argparse
-import itertools
 import os
 
 os.environ.pop("OPENBLAS_CORETYPE", None)
@@ -25,6 +24,7 @@ import numpy as np
 
 import fastbp as fb
 from fastbp import _threads, bench
+from fastbp._validation import n_params
 
 #: (PARALLEL_MIN_FLOPS, SPLIT_MAX_PACKED) forcing each arrangement
 WAYS = {"one thread": (float("inf"), 0.0), "blocks of W": (0.0, float("inf")),
@@ -64,8 +64,8 @@ def main(argv=None):
             impls[way] = (_fit(widths, batch, nb, args.dtype, args.optimizer, way), nb)
         med = {k: float(np.median(v)) for k, v in bench.measure(impls, args.rounds,
                                                                 0.3).items()}
-        params = sum(a * b + b for a, b in itertools.pairwise(widths))
-        packed = batch * sum(a + 2 * b for a, b in itertools.pairwise(widths))
+        params = n_params(widths)
+        packed = batch * _threads.pack_per_row(widths)
         ratios = "  ".join(f"{way} {med[way] / med['floor']:.3f}" for way in WAYS)
         print(f"{'-'.join(map(str, widths))} b{batch}: {ratios}  rows / blocks "
               f"{med['batch rows'] / med['blocks of W']:.3f}  2 packed / params "

@@ -156,6 +156,12 @@ def sparse_threads(tail_flops, params):
     return 1, NO_GUARD
 
 
+def pack_per_row(widths):
+    """``packed`` of ``step_threads`` per batch row: sum(d_in + 2 d_out)
+    over the layers of ``widths``."""
+    return float(sum(int(widths[k]) + 2 * int(widths[k + 1]) for k in range(len(widths) - 1)))
+
+
 def step_threads(flops=float("inf"), packed=0.0, params=float("inf")):
     """(threads a training step uses, the BLAS guard to hold around it);
     the threads are negative for a step split by the rows of its batch.

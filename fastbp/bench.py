@@ -397,12 +397,11 @@ def step_arrangement(widths, batch):
     for the products), or "split by blocks of W" or "split by batch rows"
     with the thread count."""
     from . import _threads
+    from ._responsive import flops_per_row
+    from ._validation import n_params
 
-    pairs = list(itertools.pairwise(widths))
-    nt, _ = _threads.step_threads(
-        6.0 * batch * sum(a * b for a, b in pairs),
-        float(batch * sum(a + 2 * b for a, b in pairs)),
-        float(sum(a * b + b for a, b in pairs)))
+    nt, _ = _threads.step_threads(batch * flops_per_row(widths),
+                                  batch * _threads.pack_per_row(widths), n_params(widths))
     if nt == 1:
         return "one thread"
     return f"split by {'blocks of W' if nt > 0 else 'batch rows'}, {abs(nt)} threads"

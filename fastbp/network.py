@@ -576,8 +576,8 @@ class MLP:
                 "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
                 # product flops of a step per batch row, and what each thread
                 # of a split step packs per batch row (_threads.step_threads)
-                "flops_per_row": 6.0 * sum(a * b for a, b in itertools.pairwise(w)),
-                "pack_per_row": float(sum(a + 2 * b for a, b in itertools.pairwise(w))),
+                "flops_per_row": _r.flops_per_row(w),
+                "pack_per_row": _threads.pack_per_row(w),
                 # rows in order: train_on_batch is an epoch of one batch
                 "order": np.arange(cap),
             }
