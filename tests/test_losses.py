@@ -119,3 +119,31 @@ def test_integer_sample_weights_are_row_duplication():
     np.testing.assert_allclose(loss, l2, rtol=1e-13)
     np.testing.assert_allclose(dz, np.add.reduceat(dz2, np.r_[0, np.cumsum(sw)[:-1]])
                                * (sw > 0)[:, None], atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (32, 10), (7, 3), (65, 33)])
+def test_xent_labels_kernel_in_place_and_arg_max(shape, dtype):
+    """The kernel (``_kernels.losses.softmax_xent_labels``) with dz the
+    logits' own buffer gives what it gives into a separate one, and counts
+    the rows whose first arg-max is the label as NumPy's argmax does, ties
+    included (its first pass finds the maxima before any row is written)."""
+    from fastbp._kernels import losses as k_loss
+
+    n, c = shape
+    z = logits(shape, dtype, 3.0)
+    z[::3] = np.round(z[::3])  # ties within rows
+    z[0] = 1.0  # all tied: the first column is the arg-max
+    y = np.random.default_rng(c).integers(0, c, n)
+    y[0] = 0
+    w = np.full(n, 1.0 / n, dtype)
+    dz = np.empty_like(z)
+    loss, correct = k_loss.softmax_xent_labels(z, y, w, dz)
+    assert correct == int(np.sum(np.argmax(z, axis=1) == y))
+    rl, rdz = ref.xent_labels(z, y)
+    assert_close(loss, rl, dtype, c, max(abs(rl), 1e-3), "loss")
+    assert_close(dz, rdz, dtype, c, 1.0 / n, "dlogits")
+    same = z.copy()
+    loss2, correct2 = k_loss.softmax_xent_labels(same, y, w, same)
+    assert (loss2, correct2) == (loss, correct)
+    np.testing.assert_array_equal(same, dz)
