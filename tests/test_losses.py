@@ -147,3 +147,26 @@ def test_xent_labels_kernel_in_place_and_arg_max(shape, dtype):
     loss2, correct2 = k_loss.softmax_xent_labels(same, y, w, same)
     assert (loss2, correct2) == (loss, correct)
     np.testing.assert_array_equal(same, dz)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (32, 10), (65, 33)])
+def test_xent_targets_kernel_in_place(shape, dtype):
+    """``_kernels.losses.softmax_xent_targets`` with dz the logits' own
+    buffer: the same loss, count and gradient as into a separate buffer,
+    both against the reference."""
+    from fastbp._kernels import losses as k_loss
+
+    n, c = shape
+    z = logits(shape, dtype, 3.0, seed=2)
+    t = soft_targets(shape, dtype, seed=3)
+    w = np.full(n, 1.0 / n, dtype)
+    dz = np.empty_like(z)
+    loss, correct = k_loss.softmax_xent_targets(z, t, w, dz)
+    assert correct == int(np.sum(np.argmax(z, axis=1) == np.argmax(t, axis=1)))
+    rl, rdz = ref.xent_targets(z, t)
+    assert_close(loss, rl, dtype, c, max(abs(rl), 1e-3), "loss")
+    assert_close(dz, rdz, dtype, c, 1.0 / n, "dlogits")
+    same = z.copy()
+    assert k_loss.softmax_xent_targets(same, t, w, same) == (loss, correct)
+    np.testing.assert_array_equal(same, dz)

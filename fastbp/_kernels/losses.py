@@ -105,6 +105,8 @@ def softmax_xent_targets(z, t, w, dz):
     zero = z.dtype.type(0)
     loss = zero
     correct = 0
+    # three passes, as softmax_xent_labels: the loss adds each row's
+    # tsum * max - sum(t * z) in the first and tsum * log-sum in the third
     for i in range(n):
         zi = z[i]
         ti = t[i]
@@ -120,20 +122,28 @@ def softmax_xent_targets(z, t, w, dz):
             if ti[j] > tm:
                 tm = ti[j]
                 targ = j
-        s = zero
         tsum = zero
         tz = zero
         for j in range(c):
             tsum += ti[j]
             tz += ti[j] * zi[j]
-        for j in range(c):
-            di[j] = exp(zi[j] - m)
-        for j in range(c):
-            s += di[j]
-        lse = np.log(s) + m
-        loss += w[i] * (tsum * lse - tz)
+        loss += w[i] * (tsum * m - tz)
         if arg == targ:
             correct += 1
+        for j in range(c):  # z read above: dz may alias it
+            di[j] = zi[j] - m
+    flat = dz.reshape(n * c)
+    for k in range(n * c):
+        flat[k] = exp(flat[k])
+    for i in range(n):
+        ti = t[i]
+        di = dz[i]
+        s = zero
+        tsum = zero
+        for j in range(c):
+            s += di[j]
+            tsum += ti[j]
+        loss += w[i] * (tsum * np.log(s))
         scale = w[i] * tsum / s
         for j in range(c):
             di[j] = di[j] * scale - w[i] * ti[j]
@@ -167,13 +177,19 @@ def softmax_rows(z):
     n, c = z.shape
     zero = z.dtype.type(0)
     one = z.dtype.type(1)
+    # three passes, as softmax_xent_labels (the same values as row by row)
     for i in range(n):
         zi = z[i]
         m = zi[0]
         for j in range(1, c):
             m = max(m, zi[j])
         for j in range(c):
-            zi[j] = exp(zi[j] - m)
+            zi[j] = zi[j] - m
+    flat = z.reshape(n * c)
+    for k in range(n * c):
+        flat[k] = exp(flat[k])
+    for i in range(n):
+        zi = z[i]
         s = zero
         for j in range(c):
             s += zi[j]
