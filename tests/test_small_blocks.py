@@ -89,9 +89,13 @@ def test_products_in_blocks_against_numpy(shape, dtype, one_thread):
     assert np.isnan(outside).all()
 
 
-def test_small_blocks_off_by_environment():
+@pytest.mark.parametrize("env", [{"FASTBP_SMALL_BLOCKS": "0"}, {"OPENBLAS_CORETYPE": "Haswell"},
+                                 {"OPENBLAS_CORETYPE": "Zen"}])
+def test_small_blocks_off(env):
+    """Off when asked, and on cores whose OpenBLAS kernels have no small
+    path (Haswell's permit refuses every product; Zen has none): there the
+    kernels call OpenBLAS directly, as before."""
     out = subprocess.run(
         [sys.executable, "-c", "from fastbp._kernels import blas; print(blas.SMALL_BLOCKS)"],
-        env=dict(os.environ, FASTBP_SMALL_BLOCKS="0"), capture_output=True, text=True,
-        check=True)
+        env=dict(os.environ, **env), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

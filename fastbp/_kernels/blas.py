@@ -77,11 +77,6 @@ def _fallback(t):
     return gemm
 
 
-#: OpenBLAS cores whose GEMM has small-matrix kernels (the AVX-512 cores,
-#: which run OpenBLAS's SkylakeX kernels): the name of their permit
-#: function's suffix.  Other cores (Haswell, Zen: AVX2) have none.
-SMALL_KERNEL_CORES = {"skylakex": "SKYLAKEX", "cooperlake": "SKYLAKEX",
-                      "sapphirerapids": "SKYLAKEX"}
 #: OpenBLAS takes its small-matrix kernels, which neither pack the operands
 #: nor clear C first, for products of m * n * k up to 100**3 (its
 #: ``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``, 0.3.31; the
@@ -218,15 +213,26 @@ def _compile_blocks():
 
 def _small_kernel_permits(lib):
     """(sgemm, dgemm) addresses of OpenBLAS's small-kernel permit functions
-    for the core it runs on, or None where it has no small kernels."""
+    for the core it runs on, or None where it has no small kernels.
+
+    NumPy's OpenBLAS (built for several cores) exports one permit per
+    kernel family, named after the core (``sgemm_small_matrix_permit_SKYLAKEX``);
+    a core without such a function (Zen) or whose permit refuses even a
+    64 x 64 x 64 product (Haswell's refuses all) has none."""
     try:
-        corename = lib.scipy_openblas_get_corename64_
-        corename.restype = ctypes.c_char_p
-        suffix = SMALL_KERNEL_CORES.get((corename() or b"").decode().lower())
-        if suffix is None:
-            return None
-        return tuple(ctypes.cast(getattr(lib, f"{t}gemm_small_matrix_permit_{suffix}"),
-                                 ctypes.c_void_p).value for t in "sd")
+        get = lib.scipy_openblas_get_corename64_
+        get.restype = ctypes.c_char_p
+        core = (get() or b"").decode().upper()
+        found = []
+        for t, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+            permit = getattr(lib, f"{t}gemm_small_matrix_permit_{core}")
+            permit.restype = ctypes.c_int
+            permit.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                               ctypes.c_int64, real, real]
+            if permit(0, 0, 64, 64, 64, 1.0, 0.0) == 0:
+                return None
+            found.append(ctypes.cast(permit, ctypes.c_void_p).value)
+        return tuple(found)
     except (AttributeError, UnicodeDecodeError):
         return None
 
