@@ -10,8 +10,18 @@ nothing extra.
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from .config import JIT, JIT_INLINE
 from .elementary import exp
+
+
+@njit(**JIT_INLINE)
+def exp_in_place(a):
+    """a = exp(a) in place for a C-contiguous array, as one flat loop (the
+    softmax kernels' middle pass: a loop over each short row vectorised
+    badly, ``softmax_xent_labels``)."""
+    flat = a.reshape(a.size)
+    for k in range(flat.size):
+        flat[k] = exp(flat[k])
 
 
 @njit(**JIT)
@@ -75,9 +85,7 @@ def softmax_xent_labels(z, y, w, dz):
         loss += w[i] * (m - zi[lab])  # z[label] read before dz (which may alias z) is written
         for j in range(c):
             di[j] = zi[j] - m
-    flat = dz.reshape(n * c)
-    for k in range(n * c):
-        flat[k] = exp(flat[k])
+    exp_in_place(dz)
     for i in range(n):
         di = dz[i]
         s = zero
@@ -132,9 +140,7 @@ def softmax_xent_targets(z, t, w, dz):
             correct += 1
         for j in range(c):  # z read above: dz may alias it
             di[j] = zi[j] - m
-    flat = dz.reshape(n * c)
-    for k in range(n * c):
-        flat[k] = exp(flat[k])
+    exp_in_place(dz)
     for i in range(n):
         ti = t[i]
         di = dz[i]
@@ -185,9 +191,7 @@ def softmax_rows(z):
             m = max(m, zi[j])
         for j in range(c):
             zi[j] = zi[j] - m
-    flat = z.reshape(n * c)
-    for k in range(n * c):
-        flat[k] = exp(flat[k])
+    exp_in_place(z)
     for i in range(n):
         zi = z[i]
         s = zero
