@@ -47,6 +47,15 @@ def test_openblas_permits_the_planned_blocks():
         assert blas.planned_rows(dt, N, N, 200, 100, 64) == 144
         assert blas.planned_rows(dt, N, T, 784, 256, 64) == 0
         assert blas.planned_rows(dt, N, N, 100, 100, 64) == 0
+        # the IR's rule is block_rows where OpenBLAS permits such blocks
+        for ta in (N, T):
+            for m in (49, 100, 200, 784, 2000):
+                for n in (10, 64, 100, 256, 1000):
+                    for k in (16, 32, 64, 200):
+                        rule = blas.block_rows(ta, N, m, n, k)
+                        assert blas.planned_rows(dt, ta, N, m, n, k) in (rule, 0)
+                        if rule and n * rule * k <= blas.SMALL_MNK:
+                            assert blas.planned_rows(dt, ta, N, m, n, k) == rule
 
 
 @njit

@@ -107,8 +107,9 @@ def _blocks_module():
     small kernels (``fastbp_?gemm_blocks``) and of their plans
     (``fastbp_?gemm_rows``); see ``_register``.
 
-    ``fastbp_?gemm_rows(ta, tb, m, n, k, alpha, beta)``: ``block_rows``,
-    then OpenBLAS's own permit for such a block (0 if it refuses: the
+    ``fastbp_?gemm_rows(ta, tb, m, n, k, alpha, beta)``: ``block_rows``
+    (written again in IR; tests/test_small_blocks.py checks that the two
+    agree), then OpenBLAS's own permit for such a block (0 if it refuses: the
     product stays whole).  OpenBLAS swaps a row-major call into a
     column-major one: transa from tb, transb from ta, M = n, N = m.
     ``fastbp_?gemm_blocks``: cblas_?gemm's arguments (pointers as int64);
@@ -198,8 +199,9 @@ def _blocks_module():
 
 
 def _compile_blocks():
-    """(engine, {name: address}) of ``_blocks_module`` compiled for this
-    CPU; the engine must stay alive while the addresses are used."""
+    """(engine, {name: address}) of ``_blocks_module`` compiled for the
+    generic x86-64 target (the wrappers only branch and call); the engine
+    must stay alive while the addresses are used."""
     ll.initialize_native_target()
     ll.initialize_native_asmprinter()
     mod = ll.parse_assembly(str(_blocks_module()))
