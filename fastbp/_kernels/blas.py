@@ -85,7 +85,7 @@ SMALL_MNK = 1_000_000
 #: a product is split by rows of C only into blocks of at least this many
 #: rows (multiples of 16): smaller blocks lost to the whole product
 #: (NN 128x256x100 float32: 32-row blocks 111 GFLOP/s, whole 122;
-#: docs/performance.md, "Issue 17: products in OpenBLAS's small kernels")
+#: docs/performance.md, "Issue 17: mid-size products in OpenBLAS's small kernels")
 MIN_BLOCK_ROWS = 48
 
 

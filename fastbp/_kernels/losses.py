@@ -68,8 +68,9 @@ def softmax_xent_labels(z, y, w, dz):
     # reassociation), loss and gradient.  exp row by row ran as a vector
     # loop of c (10) elements with its remainder per row: 34 ns a row at
     # 32 x 10 float32, 43 at 200 x 10 float64; the flat loop 22 and 29
-    # (docs/performance.md, "Issue 17, the softmax").  The loss adds each
-    # row's max - z[label] in the first pass and its log-sum in the third.
+    # (docs/performance.md, "Issue 17: mid-size products ... and the
+    # softmax").  The loss adds each row's max - z[label] in the first pass
+    # and its log-sum in the third.
     for i in range(n):
         zi = z[i]
         di = dz[i]
@@ -115,6 +116,7 @@ def softmax_xent_targets(z, t, w, dz):
     correct = 0
     # three passes, as softmax_xent_labels: the loss adds each row's
     # tsum * max - sum(t * z) in the first and tsum * log-sum in the third
+    # (tsum summed again there: nowhere to keep it without a buffer)
     for i in range(n):
         zi = z[i]
         ti = t[i]
