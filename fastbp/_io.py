@@ -285,9 +285,10 @@ def _scalar(path, d, key, kind, default=None):
 
 
 def _finite_array(path, a, name):
-    """``a`` in native byte order, C-contiguous, aligned and writeable (a
-    copy), after checking that it is finite."""
-    a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    """The 1-d array ``a`` in native byte order, contiguous, writeable and
+    aligned as the model's buffers are (a copy, ``_validation.aligned_copy``),
+    after checking that it is finite."""
+    a = v.aligned_copy(a.astype(a.dtype.newbyteorder("="), copy=False))
     if not np.isfinite(a).all():
         _fail(path, f"{name} contain NaN or infinity")
     return a

@@ -467,21 +467,46 @@ def _memory_bytes():
 MEMORY_BYTES = _memory_bytes()
 
 
+#: bytes: where the model's and the step's buffers start (``zeros``).  Why:
+#: the threads of a split step each write their own block of a buffer
+#: (rows of W and their gradient and state, columns of the activations and
+#: deltas, a slice of the bias gradient), and the blocks start at multiples
+#: of 16 values (``_kernels.network.BLOCK_ALIGN``).  On NumPy's 16-byte
+#: alignment a cache line straddled each boundary and both cores wrote it:
+#: once per row of a column block, in ``delta_cols``'s bias sum once per
+#: batch row.  Aligned, 784-256-128-10 b64 on 2 threads ran at 1.11-1.16x
+#: the floor instead of 1.16-1.22x (docs/performance.md, "Issue 16, eighth
+#: round"; ``delta_cols`` alone on two threads with a shared line 4.1 us,
+#: without 1.3 us).
+BUFFER_ALIGN = 64
+
+
 def zeros(n_items, dtype, name, what):
-    """np.zeros(n_items, dtype) for a buffer whose size comes from the
-    argument ``name``; a ValueError naming it (never MemoryError or
-    OverflowError) when it cannot fit in memory.  ``n_items`` is a Python
-    int computed without overflow."""
+    """np.zeros(n_items, dtype) starting at a multiple of BUFFER_ALIGN
+    bytes, for a buffer whose size comes from the argument ``name``; a
+    ValueError naming it (never MemoryError or OverflowError) when it
+    cannot fit in memory.  ``n_items`` is a Python int computed without
+    overflow."""
     nbytes = int(n_items) * np.dtype(dtype).itemsize
     message = (f"{name}: {what} needs {int(n_items):,} values ({nbytes / 2**30:.3g} GiB), "
                f"more than this machine's memory ({MEMORY_BYTES / 2**30:.3g} GiB)")
     if nbytes > MEMORY_BYTES:
         raise ValueError(message)
     try:
-        return np.zeros(int(n_items), dtype=dtype)
+        raw = np.zeros(nbytes + BUFFER_ALIGN, dtype=np.uint8)
+        skip = -raw.ctypes.data % BUFFER_ALIGN
+        return raw[skip:skip + nbytes].view(dtype)
     except MemoryError:
         raise ValueError(message.replace("more than this machine's memory",
                                          "which could not be allocated")) from None
+
+
+def aligned_copy(a):
+    """A writeable copy of the 1-d array ``a`` that starts at a multiple of
+    BUFFER_ALIGN bytes (``zeros``)."""
+    out = zeros(a.size, a.dtype, "array", "a copy")
+    out[...] = a
+    return out
 
 
 def as_path(path, name="path"):

@@ -456,9 +456,9 @@ class MLP:
         model unpickled from a read-only memory map gets its own copies."""
         if not self._params.flags.writeable:
             self._tob = None  # train_on_batch's record holds the old buffers
-            self._params = self._params.copy()
+            self._params = v.aligned_copy(self._params)
         if not self._grads.flags.writeable:
-            self._grads = np.zeros_like(self._params)
+            self._grads = v.zeros(self._params.size, self.dtype, "widths", "the gradient buffer")
 
     def _check_X(self, X, name="X", ck=None):
         """X as the kernels take it: a C-contiguous array of the model dtype,
@@ -573,7 +573,7 @@ class MLP:
                 "s1_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 "s2_next": v.zeros(self.n_params, dt, "widths", "the parameter buffer"),
                 # the step's per-thread L2 sums and update severities
-                "scratch": np.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt),
+                "scratch": v.zeros(2 * numba.config.NUMBA_NUM_THREADS, dt, name, what),
                 # product flops of a step per batch row, and what each thread
                 # of a split step packs per batch row (_threads.step_threads)
                 "flops_per_row": _r.flops_per_row(w),
@@ -1150,7 +1150,7 @@ class MLP:
             loss, _ = _r.in_thread(_net.loss_and_grad, *args)
         except KeyboardInterrupt:
             # the abandoned worker still writes these: new ones for the model
-            self._grads = np.zeros_like(self._params)
+            self._grads = v.zeros(self._params.size, self.dtype, "widths", "the gradient buffer")
             self._full_ws = self._full_ws_key = None
             raise
         return float(loss)
@@ -1303,7 +1303,7 @@ class MLP:
         model.seed = None
         model._rng = meta["rng"] if meta["rng"] is not None else np.random.default_rng()
         model._params = meta["params"]
-        model._grads = np.zeros_like(model._params)
+        model._grads = v.zeros(model._params.size, model.dtype, "widths", "the gradient buffer")
         model._ws_key = None
         model._ws = None
         model.optimizer = None
@@ -1329,6 +1329,20 @@ class MLP:
         state.pop("_tob", None)  # holds this model's buffers: a copy must not write them
         state.pop("_slicers", None)  # a time measured in this process
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # an unpickled copy's buffers start where the unpickler put them: the
+        # parameters and gradient aligned again, and the workspace made anew,
+        # as a new model's are (_validation.BUFFER_ALIGN); no view of them
+        # has been handed out yet.  (Read-only ones are copied, aligned, by
+        # _make_writeable before training.)
+        for key in ("_params", "_grads"):
+            a = state.get(key)
+            if (type(a) is np.ndarray and a.ndim == 1 and a.flags.writeable
+                    and a.ctypes.data % v.BUFFER_ALIGN):
+                setattr(self, key, v.aligned_copy(a))
+        self._ws = self._ws_key = None
 
     def __repr__(self):
         acts = self.activations

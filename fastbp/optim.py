@@ -123,7 +123,9 @@ class Optimizer:
         s = self.state_
         self.__dict__.pop("_bound", None)
         if s is None or not _same_buffer_kind(s, params):
-            self.state_ = (np.zeros_like(params), np.zeros_like(params))
+            # aligned as the parameters are (_validation.BUFFER_ALIGN)
+            self.state_ = (v.zeros(params.size, params.dtype, "params", "the optimizer state"),
+                           v.zeros(params.size, params.dtype, "params", "the optimizer state"))
             self.step_ = 0
         else:
             check_state(self, params)
@@ -187,6 +189,15 @@ class Optimizer:
         state.pop("_checked", None)
         state.pop("_bound", None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # aligned again as bind() makes them (_validation.BUFFER_ALIGN)
+        s = state.get("state_")
+        if (type(s) is tuple and len(s) == 2
+                and all(type(a) is np.ndarray and a.ndim == 1 and a.flags.writeable for a in s)
+                and any(a.ctypes.data % v.BUFFER_ALIGN for a in s)):
+            self.state_ = (v.aligned_copy(s[0]), v.aligned_copy(s[1]))
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
