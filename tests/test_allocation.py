@@ -107,7 +107,10 @@ def test_step_buffers_start_on_cache_lines(tmp_path, dtype):
     # a read-only parameter buffer (a model unpickled from a memory map) is
     # copied before training, aligned too
     r = pickle.loads(pickle.dumps(m))
-    r._params = np.frombuffer(b"\0" * 16 + m._params.tobytes(), dtype=dtype, offset=16)
+    for pad in range(8, 72, 8):  # (where a bytes object's data lands is CPython's)
+        r._params = np.frombuffer(bytes(pad) + m._params.tobytes(), dtype=dtype, offset=pad)
+        if r._params.ctypes.data % 64:
+            break
     assert _misaligned({"p": r._params}) == ["p"]
     r._grads = r._grads.copy()
     r._grads.flags.writeable = False
