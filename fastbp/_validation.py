@@ -509,6 +509,22 @@ def aligned_copy(a):
     return out
 
 
+def realigned(a):
+    """``a`` itself where it is a writeable 1-d array on a multiple of
+    BUFFER_ALIGN bytes or not an array at all (the structure checks deal
+    with that), else ``aligned_copy(a)`` when writeable; a read-only one
+    is left to the copy made before training (``MLP._make_writeable``)."""
+    if (type(a) is not np.ndarray or a.ndim != 1 or not a.flags.writeable
+            or a.ctypes.data % BUFFER_ALIGN == 0):
+        return a
+    return aligned_copy(a)
+
+
+def gradient_buffer(params):
+    """A zeroed, aligned gradient buffer for the flat parameters ``params``."""
+    return zeros(params.size, params.dtype, "widths", "the gradient buffer")
+
+
 def as_path(path, name="path"):
     """A str path from str/bytes/os.PathLike, with a clear TypeError."""
     if isinstance(path, (str, bytes, os.PathLike)):

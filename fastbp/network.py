@@ -300,7 +300,7 @@ class MLP:
         self.seed = v.as_seed(seed)
         self._rng = np.random.default_rng(self.seed)
         self._params = v.zeros(self.n_params, self.dtype, "widths", "the parameter buffer")
-        self._grads = v.zeros(self.n_params, self.dtype, "widths", "the gradient buffer")
+        self._grads = v.gradient_buffer(self._params)
         self._ws_key = None
         self._ws = None
         self.optimizer = None
@@ -458,7 +458,7 @@ class MLP:
             self._tob = None  # train_on_batch's record holds the old buffers
             self._params = v.aligned_copy(self._params)
         if not self._grads.flags.writeable:
-            self._grads = v.zeros(self._params.size, self.dtype, "widths", "the gradient buffer")
+            self._grads = v.gradient_buffer(self._params)
 
     def _check_X(self, X, name="X", ck=None):
         """X as the kernels take it: a C-contiguous array of the model dtype,
@@ -1150,7 +1150,7 @@ class MLP:
             loss, _ = _r.in_thread(_net.loss_and_grad, *args)
         except KeyboardInterrupt:
             # the abandoned worker still writes these: new ones for the model
-            self._grads = v.zeros(self._params.size, self.dtype, "widths", "the gradient buffer")
+            self._grads = v.gradient_buffer(self._params)
             self._full_ws = self._full_ws_key = None
             raise
         return float(loss)
@@ -1303,7 +1303,7 @@ class MLP:
         model.seed = None
         model._rng = meta["rng"] if meta["rng"] is not None else np.random.default_rng()
         model._params = meta["params"]
-        model._grads = v.zeros(model._params.size, model.dtype, "widths", "the gradient buffer")
+        model._grads = v.gradient_buffer(model._params)
         model._ws_key = None
         model._ws = None
         model.optimizer = None
@@ -1338,10 +1338,8 @@ class MLP:
         # has been handed out yet.  (Read-only ones are copied, aligned, by
         # _make_writeable before training.)
         for key in ("_params", "_grads"):
-            a = state.get(key)
-            if (type(a) is np.ndarray and a.ndim == 1 and a.flags.writeable
-                    and a.ctypes.data % v.BUFFER_ALIGN):
-                setattr(self, key, v.aligned_copy(a))
+            if key in state:
+                setattr(self, key, v.realigned(state[key]))
         self._ws = self._ws_key = None
 
     def __repr__(self):

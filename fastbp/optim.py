@@ -194,10 +194,8 @@ class Optimizer:
         self.__dict__.update(state)
         # aligned again as bind() makes them (_validation.BUFFER_ALIGN)
         s = state.get("state_")
-        if (type(s) is tuple and len(s) == 2
-                and all(type(a) is np.ndarray and a.ndim == 1 and a.flags.writeable for a in s)
-                and any(a.ctypes.data % v.BUFFER_ALIGN for a in s)):
-            self.state_ = (v.aligned_copy(s[0]), v.aligned_copy(s[1]))
+        if type(s) is tuple:
+            self.state_ = tuple(v.realigned(a) for a in s)
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
